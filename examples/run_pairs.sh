@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Runs each example server with its clients — ours and the Python documentation's own,
+# unchanged — and checks they print what the documentation shows. Loopback and a temporary
+# directory only; every wait is bounded; every server started is stopped by PID.
+# Usage: run_pairs.sh BUILD_EXAMPLES_DIR
+set -u
+bin=$1
+here=$(cd "$(dirname "$0")" && pwd)
+tmp=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done; rm -rf "$tmp"; }
+trap cleanup EXIT
+failures=0
+python=$(command -v python3 || true)
+
+# Free means bindable: nothing listening, and no TIME_WAIT left by an earlier run.
+port_is_free() {
+  if [ -n "$python" ]; then
+    "$python" -c "import socket,sys; s=socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1])))" "$1" 2>/dev/null
+  else
+    ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+  fi
+}
+# The documentation's clients use port 9999: the first pair uses it when free, so they run
+# unchanged. A server that just closed connections leaves its port in TIME_WAIT (the docs'
+# servers do not set allow_reuse_address), so each later pair takes another free port.
+next_port() {
+  port=9999
+  [ "${used_9999:-}" != 1 ] && port_is_free $port && { used_9999=1; return; }
+  for _ in $(seq 1 50); do
+    port=$(( 20000 + RANDOM % 20000 )); port_is_free $port && return
+  done
+}
+
+expect() {  # expect NAME EXPECTED-LINE OUTPUT
+  if grep -qxF -- "$2" <<<"$3"; then echo "ok   $1: $2"; else
+    echo "FAIL $1: expected '$2' in:"; echo "$3"; failures=$((failures + 1)); fi
+}
+
+# wait_ready CMD...: retries a client until the server answers (at most ~10 s).
+wait_ready() {
+  for _ in $(seq 1 100); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
+  echo "FAIL: server never answered: $*"; failures=$((failures + 1)); return 1
+}
+
+run_pair() {  # run_pair SERVER-CMD CLIENT-CMD [PYTHON-CLIENT]
+  local server=$1 client=$2 pyclient=${3:-}
+  $server >"$tmp/server.out" 2>&1 &
+  local pid=$!; pids+=("$pid")
+  wait_ready $client ready || { cat "$tmp/server.out"; kill $pid; return; }
+  expect "$client" "Sent:     hello world with TCP" "$($client hello world with TCP)"
+  expect "$client" "Received: HELLO WORLD WITH TCP" "$($client hello world with TCP)"
+  expect "$client" "Received: PYTHON IS NICE" "$($client python is nice)"
+  if [ -n "$pyclient" ] && [ -n "$python" ]; then
+    sed "s/PORT = \"localhost\", 9999/PORT = \"localhost\", $port/" "$here/python/$pyclient" >"$tmp/$pyclient"
+    expect "python $pyclient" "Received: HELLO WORLD WITH TCP" "$("$python" "$tmp/$pyclient" hello world with TCP)"
+  fi
+  kill $pid; wait $pid 2>/dev/null
+  expect "$server" "b'hello world with TCP'" "$(cat "$tmp/server.out")"
+}
+
+next_port; run_pair "$bin/tcp_server localhost $port" "$bin/tcp_client --port $port" TCPClient.py
+next_port; run_pair "$bin/tcp_stream_server localhost $port" "$bin/tcp_client --port $port" TCPClient.py
+next_port; run_pair "$bin/udp_server localhost $port" "$bin/udp_client --port $port" UDPClient.py
+run_pair "$bin/unix_stream_server $tmp/example.sock" "$bin/unix_client --path $tmp/example.sock"
+
+echo "$(( failures == 0 ? 1 : 0 )) passed, $(( failures == 0 ? 0 : 1 )) failed"
+exit $(( failures == 0 ? 0 : 1 ))

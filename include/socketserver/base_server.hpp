@@ -1,0 +1,280 @@
+// SPDX-License-Identifier: MIT
+// BaseServer: the serve_forever loop, shutdown, handle_request and the request hooks.
+#pragma once
+
+#include <poll.h>  // pollfd, POLLIN, POLLNVAL
+
+#include <algorithm>           // std::min
+#include <atomic>              // std::atomic
+#include <chrono>              // std::chrono
+#include <condition_variable>  // std::condition_variable
+#include <cstdio>              // std::fprintf, stderr
+#include <exception>           // std::exception, std::current_exception, std::rethrow_exception
+#include <mutex>               // std::mutex, std::unique_lock
+#include <optional>            // std::optional
+#include <stdexcept>           // std::logic_error
+#include <string>              // std::string
+#include <system_error>        // std::system_error
+#include <thread>              // std::this_thread, std::thread::id
+#include <typeinfo>            // typeid
+#include <utility>             // std::pair, std::move
+#if defined(__GNUG__)
+#  include <cxxabi.h>  // abi::__cxa_demangle, abi::__cxa_current_exception_type
+#  include <cstdlib>   // std::free
+#endif
+
+#include "address.hpp"
+#include "detail/poll.hpp"
+#include "handlers.hpp"
+#include "server_base.hpp"
+#include "socket.hpp"
+
+namespace socketserver {
+
+namespace detail {
+
+inline std::string demangle(const char* name) {
+#if defined(__GNUG__)
+  int status = 0;
+  char* readable = abi::__cxa_demangle(name, nullptr, nullptr, &status);
+  if (status == 0 && readable != nullptr) {
+    std::string result = readable;
+    std::free(readable);
+    return result;
+  }
+#endif
+  return name;
+}
+
+/// "std::runtime_error: boom" for the exception being handled (call inside a catch block).
+inline std::string describe_current_exception() {
+  try {
+    throw;
+  } catch (const std::exception& e) {
+    return demangle(typeid(e).name()) + ": " + e.what();
+  } catch (...) {
+#if defined(__GNUG__)
+    if (const std::type_info* type = abi::__cxa_current_exception_type())
+      return "exception of type " + demangle(type->name());
+#endif
+    return "unknown exception";
+  }
+}
+
+/// True for get_request() failures that mean "out of a resource": retrying at once would
+/// fail again, so the serve loop pauses accepting for a while.
+inline bool is_resource_exhaustion(const std::error_code& ec) noexcept {
+  if (ec.category() != std::system_category()) return false;
+  switch (ec.value()) {
+    case EMFILE:
+    case ENFILE:
+    case ENOBUFS:
+    case ENOMEM:
+      return true;
+    default:
+      return false;
+  }
+}
+
+/// True for get_request() failures that concern only the one request (the peer left before
+/// accept, another process took the connection, a signal): CPython drops them silently.
+inline bool is_transient(const std::error_code& ec) noexcept {
+  if (ec.category() != std::system_category()) return false;
+  switch (ec.value()) {
+    case EAGAIN:
+#if EWOULDBLOCK != EAGAIN
+    case EWOULDBLOCK:
+#endif
+    case EINTR:
+    case ECONNABORTED:
+    case ECONNRESET:
+    case ECONNREFUSED:  // a UDP socket hearing ICMP "port unreachable" for an earlier reply
+    case EPROTO:
+    case EPERM:  // a firewall rule refused the connection
+    case ETIMEDOUT:
+    case EHOSTUNREACH:
+    case ENETUNREACH:
+      return true;
+    default:
+      return false;
+  }
+}
+
+}  // namespace detail
+
+/// Base class for server classes (Python's BaseServer), with the hooks as CRTP customisation
+/// points: `Derived` (the most derived server) may redefine any of them; BaseServer calls
+/// them through Derived, so no call is virtual.
+///
+/// Methods for the caller:
+///   serve_forever(poll_interval), shutdown(), handle_request(), server_close(), fileno()
+///
+/// Methods that may be overridden:
+///   server_bind(), server_activate(), get_request() -> {request, client_address},
+///   verify_request(request, client_address), process_request(request, client_address),
+///   finish_request(request, client_address), shutdown_request(request),
+///   close_request(request), handle_error(request, client_address), handle_timeout(),
+///   service_actions(), server_close(), handle_get_request_error(error)
+///
+/// Instance variables: server_address, socket, timeout (and RequestHandlerClass as a type).
+template <class Derived, class Handler, class Request>
+class BaseServer : public server_base {
+ public:
+  using RequestHandlerClass = Handler;
+  using request_type = Request;
+
+  /// The address the server is bound to: after server_bind(), the real one (port 0 becomes
+  /// the port the kernel picked).
+  address server_address;
+
+  explicit BaseServer(address addr) : server_address(std::move(addr)) {}
+
+  /// Handles one request at a time until shutdown(). Polls for requests (and for shutdown's
+  /// wake-up) and calls service_actions() at least every poll_interval.
+  /// @throws std::system_error if the server socket is closed (EBADF);
+  ///         std::logic_error if another thread is already serving.
+  void serve_forever(std::chrono::duration<double> poll_interval = std::chrono::duration<double>(0.5)) {
+    begin_serving();
+    struct end_guard {
+      BaseServer* server;
+      ~end_guard() { server->end_serving(); }
+    } guard{this};
+    using clock = std::chrono::steady_clock;
+    pollfd fds[2] = {{fileno(), POLLIN, 0}, {wakeup_.fileno(), POLLIN, 0}};
+    while (!shutdown_requested()) {
+      if (fds[0].fd < 0) throw std::system_error(EBADF, std::system_category(), "serve_forever");
+      timeout_type wait = poll_interval;
+      pollfd* watch = fds;
+      nfds_t count = 2;
+      if (accept_paused_until_ > clock::now()) {  // out of descriptors: wait, then try again
+        watch = &fds[1];
+        count = 1;
+        wait = std::min<std::chrono::duration<double>>(poll_interval, accept_paused_until_ - clock::now());
+      }
+      fds[0].revents = fds[1].revents = 0;
+      const int ready = detail::poll_for(watch, count, wait);
+      if (shutdown_requested()) break;  // bpo-35017: no request after shutdown()
+      if (ready > 0 && count == 2 && fds[0].revents != 0) {
+        if (fds[0].revents & POLLNVAL)
+          throw std::system_error(EBADF, std::system_category(), "serve_forever");
+        handle_request_noblock();
+      }
+      derived().service_actions();
+    }
+  }
+
+  /// Handles one request, waiting at most `timeout` (or the socket's own timeout, whichever
+  /// is shorter); calls handle_timeout() if none came.
+  void handle_request() {
+    timeout_type wait = this->socket.gettimeout();
+    if (!wait)
+      wait = this->timeout;
+    else if (this->timeout)
+      wait = std::min(*wait, *this->timeout);
+    if (fileno() < 0) throw std::system_error(EBADF, std::system_category(), "handle_request");
+    if (detail::wait_readable(fileno(), wait))
+      handle_request_noblock();
+    else
+      derived().handle_timeout();
+  }
+
+  // --- Hooks: each may be overridden in Derived. -------------------------------------------
+
+  /// Called by the constructor to activate the server. May be overridden.
+  void server_activate() {}
+
+  /// Called by serve_forever() on every loop iteration. May be overridden.
+  void service_actions() {}
+
+  /// Called when handle_request() times out. May be overridden.
+  void handle_timeout() {}
+
+  /// Returns true to process the request, false to close it unanswered. May be overridden.
+  bool verify_request(Request& /*request*/, const address& /*client_address*/) { return true; }
+
+  /// Calls finish_request() then shutdown_request(). Overridden by the mix-ins.
+  void process_request(Request& request, const address& client_address) {
+    derived().finish_request(request, client_address);
+    derived().shutdown_request(request);
+  }
+
+  /// Finishes one request by running the RequestHandlerClass on it.
+  void finish_request(Request& request, const address& client_address) {
+    detail::run_handler<Handler>(request, client_address, derived());
+  }
+
+  /// Called to shut down and close an individual request. May be overridden.
+  void shutdown_request(Request& request) { derived().close_request(request); }
+
+  /// Called to clean up an individual request. May be overridden.
+  void close_request(Request& /*request*/) {}
+
+  /// Called to clean up the server. May be overridden.
+  void server_close() {}
+
+  /// Handles an exception thrown while processing a request (called from inside the catch
+  /// block, so `throw;` rethrows it). The default prints the exception and the client's
+  /// address to stderr; serving continues. May be overridden.
+  void handle_error(Request& /*request*/, const address& client_address) {
+    const std::string dashes(40, '-');
+    std::fprintf(stderr, "%s\nException occurred during processing of request from %s\n%s\n%s\n",
+                 dashes.c_str(), client_address.to_string().c_str(),
+                 detail::describe_current_exception().c_str(), dashes.c_str());
+  }
+
+  /// Called when get_request() fails with anything but a transient error (CPython drops these
+  /// silently; a server out of descriptors then spins at 100% CPU). The default prints it to
+  /// stderr. After EMFILE, ENFILE, ENOBUFS or ENOMEM, the serve loop also stops accepting for a
+  /// pause that doubles from 10 ms to 1 s while the failure lasts. May be overridden.
+  void handle_get_request_error(const std::system_error& error) {
+    std::fprintf(stderr, "socketserver: cannot get request on %s: %s%s\n",
+                 server_address.to_string().c_str(), error.what(),
+                 detail::is_resource_exhaustion(error.code()) ? " (pausing accepts)" : "");
+  }
+
+ protected:
+  Derived& derived() noexcept { return static_cast<Derived&>(*this); }
+
+  /// Handles one request without blocking: get_request(), verify_request(),
+  /// process_request(), with errors routed to handle_error() (Python's
+  /// _handle_request_noblock).
+  void handle_request_noblock() {
+    std::optional<std::pair<Request, address>> got;
+    try {
+      got.emplace(derived().get_request());
+      accept_pause_ = std::chrono::milliseconds(0);
+    } catch (const std::system_error& error) {
+      on_get_request_error(error);
+      return;
+    }
+    Request& request = got->first;
+    const address& client_address = got->second;
+    if (derived().verify_request(request, client_address)) {
+      try {
+        derived().process_request(request, client_address);
+      } catch (...) {
+        derived().handle_error(request, client_address);
+        derived().shutdown_request(request);
+      }
+    } else {
+      derived().shutdown_request(request);
+    }
+  }
+
+ private:
+  void on_get_request_error(const std::system_error& error) {
+    if (detail::is_transient(error.code())) return;
+    derived().handle_get_request_error(error);
+    if (detail::is_resource_exhaustion(error.code())) {
+      using namespace std::chrono;
+      accept_pause_ = accept_pause_ == milliseconds(0) ? milliseconds(10)
+                                                        : std::min(accept_pause_ * 2, milliseconds(1000));
+      accept_paused_until_ = steady_clock::now() + accept_pause_;
+    }
+  }
+
+  std::chrono::milliseconds accept_pause_{0};
+  std::chrono::steady_clock::time_point accept_paused_until_{};
+};
+
+}  // namespace socketserver

@@ -1,0 +1,153 @@
+// SPDX-License-Identifier: MIT
+// ForkingMixIn: a child process per request.
+#pragma once
+
+#include <poll.h>         // poll, pollfd
+#include <sys/syscall.h>  // SYS_pidfd_open
+#include <sys/types.h>    // pid_t
+#include <sys/wait.h>     // waitpid, WNOHANG
+#include <unistd.h>       // fork, _exit, close, syscall
+
+#include <chrono>        // std::chrono::seconds
+#include <cstddef>       // std::size_t
+#include <cstdio>        // std::fflush
+#include <set>           // std::set
+#include <system_error>  // std::system_error
+#include <type_traits>   // std::is_same_v
+#include <utility>       // std::move
+#include <vector>        // std::vector
+
+#include "address.hpp"
+#include "error.hpp"
+#include "server_base.hpp"  // strict_bool
+#include "socket.hpp"
+
+namespace socketserver {
+
+/// Python's ForkingMixIn: handles each request in a child process. Compose it over a
+/// server (servers.hpp does for the predefined types): `ForkingMixIn<basic_tcp_server<H, D>>`.
+///
+/// - timeout: 300 s (handle_request() reaps children at least that often).
+/// - max_children (40): at that many children the server waits for one to exit before it
+///   forks again (checked before forking, so the cap holds exactly).
+/// - block_on_close (true): server_close() waits for every child.
+/// - active_children: the pids of the running children.
+///
+/// The child runs finish_request(), reports an exception through handle_error(), calls
+/// shutdown_request() and leaves with _exit(0), or _exit(1) after an exception, so none of
+/// the parent's destructors, atexit handlers or test-framework code run in it. A stream
+/// server's child closes its copy of the listening socket first.
+///
+/// Children are reaped by pid (waitpid(pid, WNOHANG)) in service_actions() and
+/// handle_timeout(); unlike CPython, never with waitpid(-1), which would also reap child
+/// processes the program started for other reasons.
+template <class Base>
+class ForkingMixIn : public Base {
+ public:
+  using request_type = typename Base::request_type;
+
+  std::size_t max_children = 40;
+  bool block_on_close = true;
+  std::set<pid_t> active_children;
+
+  explicit ForkingMixIn(address addr, strict_bool bind_and_activate = true)
+      : Base(std::move(addr), bind_and_activate) {
+    this->timeout = std::chrono::seconds(300);
+  }
+  ForkingMixIn(const ForkingMixIn&) = delete;
+  ForkingMixIn& operator=(const ForkingMixIn&) = delete;
+  ~ForkingMixIn() { ForkingMixIn::server_close(); }
+
+  /// Reaps children that have exited; first, while max_children are running, waits for one
+  /// to exit. With blocking = true, waits for all of them.
+  void collect_children(bool blocking = false) {
+    while (active_children.size() >= max_children && !active_children.empty())
+      wait_for_any_child();
+    for (auto it = active_children.begin(); it != active_children.end();) {
+      int status = 0;
+      const pid_t pid = detail::retry_on_eintr(
+          [&] { return ::waitpid(*it, &status, blocking ? 0 : WNOHANG); });
+      if (pid == *it || (pid < 0 && errno == ECHILD))  // exited, or reaped by someone else
+        it = active_children.erase(it);
+      else
+        ++it;
+    }
+  }
+
+  /// Reaps children whenever handle_request() times out.
+  void handle_timeout() {
+    Base::handle_timeout();
+    collect_children();
+  }
+
+  /// Reaps children on every serve_forever() iteration.
+  void service_actions() {
+    Base::service_actions();
+    collect_children();
+  }
+
+  /// Forks a child to process the request. The parent closes its copy of the request.
+  /// @throws std::system_error if fork() fails.
+  void process_request(request_type& request, const address& client_address) {
+    if (active_children.size() >= max_children) collect_children();
+    std::fflush(nullptr);  // or the child would print the parent's buffered output again
+    const pid_t pid = ::fork();
+    if (pid < 0) detail::throw_errno("fork");
+    if (pid > 0) {
+      active_children.insert(pid);
+      this->derived().close_request(request);
+      return;
+    }
+    int status = 1;
+    try {
+      if constexpr (std::is_same_v<request_type, socketserver::socket>)
+        this->socket.close();  // the child serves one connection, it accepts none
+      this->derived().finish_request(request, client_address);
+      status = 0;
+    } catch (...) {
+      try {
+        this->derived().handle_error(request, client_address);
+      } catch (...) {
+      }
+    }
+    try {
+      this->derived().shutdown_request(request);
+    } catch (...) {
+    }
+    std::fflush(nullptr);
+    ::_exit(status);
+  }
+
+  /// Closes the server, then reaps the children, waiting for them if block_on_close.
+  void server_close() {
+    Base::server_close();
+    collect_children(block_on_close);
+  }
+
+ private:
+  // Blocks until at least one of our children has exited, without reaping it (that is
+  // collect_children's job) and without touching other children of the process.
+  void wait_for_any_child() {
+#if defined(SYS_pidfd_open)
+    std::vector<pollfd> fds;
+    for (pid_t pid : active_children) {
+      const long fd = ::syscall(SYS_pidfd_open, pid, 0);
+      if (fd >= 0) fds.push_back({static_cast<int>(fd), POLLIN, 0});
+    }
+    if (fds.size() == active_children.size()) {
+      (void)detail::retry_on_eintr([&] { return ::poll(fds.data(), fds.size(), -1); });
+      for (const pollfd& p : fds) ::close(p.fd);
+      return;
+    }
+    for (const pollfd& p : fds) ::close(p.fd);
+#endif
+    // No pidfds (old kernel, or a child already reaped elsewhere): wait for the oldest.
+    int status = 0;
+    const pid_t pid = *active_children.begin();
+    if (detail::retry_on_eintr([&] { return ::waitpid(pid, &status, 0); }) == pid ||
+        errno == ECHILD)
+      active_children.erase(pid);
+  }
+};
+
+}  // namespace socketserver

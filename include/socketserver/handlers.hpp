@@ -1,0 +1,236 @@
+// SPDX-License-Identifier: MIT
+// Request handlers: BaseRequestHandler, StreamRequestHandler, DatagramRequestHandler.
+#pragma once
+
+#include <netinet/in.h>   // IPPROTO_TCP
+#include <netinet/tcp.h>  // TCP_NODELAY
+
+#include <cstddef>       // std::size_t, std::ptrdiff_t
+#include <stdexcept>     // std::logic_error
+#include <string>        // std::string
+#include <system_error>  // std::system_error
+#include <type_traits>   // std::conditional_t, std::is_void_v, std::void_t, ...
+#include <utility>       // std::declval
+
+#include "address.hpp"
+#include "server_base.hpp"
+#include "datagram.hpp"
+#include "io.hpp"
+#include "socket.hpp"
+
+namespace socketserver {
+namespace detail {
+
+// What StreamRequestHandler's class-level settings are for the concrete handler.
+struct stream_options {
+  std::ptrdiff_t rbufsize;
+  std::ptrdiff_t wbufsize;
+  timeout_type timeout;
+  bool disable_nagle_algorithm;
+  std::size_t max_line_length;
+};
+
+// The server hands the request to the handler's base class through this, so a handler
+// needs no constructor of its own: `struct H : StreamRequestHandler<> { void handle(); };`.
+struct handler_context {
+  void* request;
+  const address* client_address;
+  void* server;
+  const stream_options* stream;
+};
+
+inline const handler_context*& current_handler_context() noexcept {
+  static thread_local const handler_context* context = nullptr;
+  return context;
+}
+
+inline const handler_context& require_handler_context() {
+  const handler_context* context = current_handler_context();
+  if (context == nullptr)
+    throw std::logic_error("a request handler is created by its server, for one request");
+  return *context;
+}
+
+struct stream_handler_tag {};
+
+template <class Handler, class = void>
+struct has_handle : std::false_type {};
+template <class Handler>
+struct has_handle<Handler, std::void_t<decltype(std::declval<Handler&>().handle())>>
+    : std::true_type {};
+
+template <class Handler>
+constexpr stream_options stream_options_of() {
+  return {Handler::rbufsize, Handler::wbufsize, timeout_type(Handler::timeout),
+          Handler::disable_nagle_algorithm, Handler::max_line_length};
+}
+
+/// Runs one request through a new Handler: setup(), handle(), then finish() even if handle()
+/// threw (but not if setup() did), as in Python's BaseRequestHandler.__init__.
+template <class Handler, class Request, class Server>
+void run_handler(Request& request, const address& client_address, Server& server) {
+  static_assert(has_handle<Handler>::value,
+                "a request handler must define `void handle()`: the work of one request");
+  static_assert(std::is_default_constructible_v<Handler>,
+                "a request handler must be default-constructible: its base class receives "
+                "request, client_address and server from the server");
+  static_assert(std::is_same_v<typename Handler::request_type, Request>,
+                "the handler's request type does not match the server: stream servers (TCP, "
+                "Unix stream) take StreamRequestHandler or BaseRequestHandler<socket>; datagram "
+                "servers (UDP, Unix datagram) take DatagramRequestHandler or "
+                "BaseRequestHandler<datagram>");
+  using server_type = typename Handler::server_type;
+  static_assert(std::is_base_of_v<server_type, Server>,
+                "the handler names a server type that this server is not: check the Server "
+                "argument of its base class");
+  server_type* typed_server = &server;
+  const stream_options* stream = nullptr;
+  if constexpr (std::is_base_of_v<stream_handler_tag, Handler>) {
+    static constexpr stream_options options = stream_options_of<Handler>();
+    stream = &options;
+  }
+  const handler_context context{&request, &client_address, typed_server, stream};
+  const handler_context*& current = current_handler_context();
+  const handler_context* saved = current;
+  current = &context;
+  struct restore {
+    const handler_context*& current;
+    const handler_context* saved;
+    ~restore() { current = saved; }
+  } restore_on_exit{current, saved};
+
+  Handler handler;
+  current = saved;
+  handler.setup();
+  try {
+    handler.handle();
+  } catch (...) {
+    handler.finish();
+    throw;
+  }
+  handler.finish();
+}
+
+}  // namespace detail
+
+/// Base class for request handlers: one object per request, built by the server, which then
+/// calls setup(), handle() and finish(). Define `void handle()` (required); redefine setup()
+/// and finish() as needed, calling the base class's versions as Python code calls super().
+///
+/// `Request` is `socket` (the connection) for stream servers and `datagram` for datagram
+/// servers. `Server` is the server class whose members handle() may use through `server`;
+/// void (the default) types `server` as server_base, which every server is.
+template <class Request = socket, class Server = void>
+class BaseRequestHandler {
+ public:
+  using request_type = Request;
+  using server_type = std::conditional_t<std::is_void_v<Server>, server_base, Server>;
+
+  /// The request: the connected socket, or the datagram and the server's socket.
+  Request& request;
+  /// The client's address (for Unix stream clients usually unnamed).
+  const address& client_address;
+  /// The server that received the request.
+  server_type& server;
+
+  BaseRequestHandler(const BaseRequestHandler&) = delete;
+  BaseRequestHandler& operator=(const BaseRequestHandler&) = delete;
+
+  /// Called before handle(). The default does nothing.
+  void setup() {}
+  /// Called after handle(), even if it threw. The default does nothing.
+  void finish() {}
+
+ protected:
+  BaseRequestHandler()
+      : request(*static_cast<Request*>(detail::require_handler_context().request)),
+        client_address(*detail::require_handler_context().client_address),
+        server(*static_cast<server_type*>(detail::require_handler_context().server)) {}
+  ~BaseRequestHandler() = default;
+};
+
+/// A handler for stream servers with file-like rfile and wfile (Python's
+/// StreamRequestHandler). Class-level settings, which a subclass may redefine as
+/// `static constexpr` members:
+///   rbufsize (-1: buffered, 8192 bytes; 0: unbuffered), wbufsize (0: unbuffered, every write
+///   is sent at once; >0: buffered, sent by flush() and at finish()), timeout (nullopt: none;
+///   else the connection's socket timeout), disable_nagle_algorithm (TCP_NODELAY),
+///   max_line_length (65536: the longest line rfile.readline() returns without an explicit
+///   limit, so an endless line cannot exhaust memory; 0: no bound).
+template <class Server = void>
+class StreamRequestHandler : public BaseRequestHandler<socket, Server>,
+                             private detail::stream_handler_tag {
+ public:
+  static constexpr std::ptrdiff_t rbufsize = -1;
+  static constexpr std::ptrdiff_t wbufsize = 0;
+  static constexpr timeout_type timeout{};
+  static constexpr bool disable_nagle_algorithm = false;
+  static constexpr std::size_t max_line_length = 65536;
+
+  /// The connected socket (the same as request).
+  socketserver::socket& connection;
+  /// Reads from the connection.
+  reader rfile;
+  /// Writes to the connection.
+  writer wfile;
+
+  /// Applies timeout and disable_nagle_algorithm, and creates rfile and wfile.
+  void setup() {
+    if (options_.timeout) connection.settimeout(options_.timeout);
+    if (options_.disable_nagle_algorithm) {
+      // Not every stream socket is TCP (Unix stream sockets have no Nagle): ignore that.
+      const int on = 1;
+      (void)::setsockopt(connection.fileno(), IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
+    }
+    rfile = reader(connection, options_.rbufsize, options_.max_line_length);
+    wfile = writer(connection, options_.wbufsize);
+  }
+
+  /// Flushes wfile (a peer that has gone away is not an error here) and closes both files.
+  void finish() {
+    if (!wfile.closed()) {
+      try {
+        wfile.flush();
+      } catch (const std::system_error&) {
+        // The client went away before reading its reply (bpo-14574): nothing to do.
+      }
+    }
+    wfile.close();
+    rfile.close();
+  }
+
+ protected:
+  StreamRequestHandler()
+      : connection(this->request), options_(*detail::require_handler_context().stream) {}
+
+ private:
+  detail::stream_options options_;
+};
+
+/// A handler for datagram servers (Python's DatagramRequestHandler): rfile reads the
+/// packet, what handle() writes to wfile is sent back to the client as one datagram by
+/// finish() (always, as in Python: writing nothing sends an empty datagram).
+template <class Server = void>
+class DatagramRequestHandler : public BaseRequestHandler<datagram, Server> {
+ public:
+  /// The received packet.
+  const std::string& packet;
+  /// The server's socket.
+  socket_view socket;
+  /// Reads the packet.
+  reader rfile;
+  /// Collects the reply.
+  writer wfile;
+
+  void setup() {
+    rfile = reader(packet);
+    wfile = writer();
+  }
+
+  void finish() { socket.sendto(wfile.getvalue(), this->client_address); }
+
+ protected:
+  DatagramRequestHandler() : packet(this->request.data), socket(this->request.socket) {}
+};
+
+}  // namespace socketserver

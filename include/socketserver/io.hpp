@@ -1,0 +1,223 @@
+// SPDX-License-Identifier: MIT
+// reader and writer: the rfile and wfile of the request handlers.
+#pragma once
+
+#include <cstddef>      // std::size_t, std::ptrdiff_t
+#include <cstring>      // std::memchr
+#include <iterator>     // std::input_iterator_tag
+#include <stdexcept>    // std::logic_error
+#include <string>       // std::string
+#include <string_view>  // std::string_view
+#include <utility>      // std::move
+#include <vector>       // std::vector
+
+#include "socket.hpp"
+
+namespace socketserver {
+
+/// A buffered reader over a connected socket, or over bytes already in memory (a datagram):
+/// Python's rfile. Results do not depend on how the peer's bytes were split across recv()
+/// calls. Reads raise std::system_error on socket errors (and std::errc::timed_out when the
+/// socket has a timeout); end of stream is not an error: reads return what there was.
+class reader {
+ public:
+  static constexpr std::size_t default_buffer_size = 8192;
+
+  /// A closed reader.
+  reader() = default;
+  /// Reads the bytes of `data`, then end of stream (Python's BytesIO).
+  explicit reader(std::string data) : buffer_(std::move(data)), end_(buffer_.size()), eof_(true) {}
+  /// Reads from `sock`. bufsize < 0 picks the default (8192); 0 reads unbuffered, never
+  /// taking a byte from the socket that the caller did not ask for. max_line_length bounds
+  /// readline() without a limit (0: no bound).
+  reader(socket_view sock, std::ptrdiff_t bufsize, std::size_t max_line_length = 0)
+      : sock_(sock),
+        bufsize_(bufsize < 0 ? default_buffer_size : static_cast<std::size_t>(bufsize)),
+        max_line_length_(max_line_length) {}
+
+  /// Reads up to `size` bytes, fewer only at end of stream; size < 0 reads to end of stream.
+  std::string read(std::ptrdiff_t size = -1) {
+    check_open();
+    std::string out;
+    if (size < 0) {
+      while (fill()) {
+      }
+      out.assign(buffer_, begin_, end_ - begin_);
+      begin_ = end_;
+      return out;
+    }
+    const auto wanted = static_cast<std::size_t>(size);
+    out = take(wanted);
+    while (out.size() < wanted && !eof_) {
+      const std::size_t missing = wanted - out.size();
+      if (missing >= bufsize_) {  // a large read bypasses the buffer
+        const std::size_t have = out.size();
+        out.resize(wanted);
+        const std::size_t got = sock_.recv(&out[have], missing);
+        out.resize(have + got);
+        if (got == 0) eof_ = true;
+      } else if (fill(missing)) {
+        out += take(missing);
+      }
+    }
+    return out;
+  }
+
+  /// Reads one line including its '\n', at most `limit` bytes (limit < 0: up to the
+  /// reader's max_line_length, or unbounded when that is 0). At end of stream returns what
+  /// is left, "" once nothing is.
+  std::string readline(std::ptrdiff_t limit = -1) {
+    check_open();
+    std::size_t cap = limit >= 0 ? static_cast<std::size_t>(limit) : max_line_length_;
+    if (cap == 0 && limit < 0) cap = static_cast<std::size_t>(-1);
+    std::size_t scanned = 0;  // bytes after begin_ already known not to hold '\n'
+    for (;;) {
+      const std::size_t avail = end_ - begin_;
+      const std::size_t window = avail < cap ? avail : cap;
+      if (window > scanned) {
+        const void* nl = std::memchr(&buffer_[begin_ + scanned], '\n', window - scanned);
+        if (nl != nullptr)
+          return take(static_cast<std::size_t>(static_cast<const char*>(nl) - &buffer_[begin_]) + 1);
+        scanned = window;
+      }
+      if (avail >= cap) return take(cap);
+      if (!fill(1)) return take(avail);
+    }
+  }
+
+  /// Reads every remaining line.
+  std::vector<std::string> readlines() {
+    std::vector<std::string> lines;
+    for (std::string line = readline(); !line.empty(); line = readline())
+      lines.push_back(std::move(line));
+    return lines;
+  }
+
+  /// Iterates over lines until end of stream: `for (const auto& line : rfile)`.
+  class iterator {
+   public:
+    using iterator_category = std::input_iterator_tag;
+    using value_type = std::string;
+    using difference_type = std::ptrdiff_t;
+    using pointer = const std::string*;
+    using reference = const std::string&;
+
+    iterator() = default;
+    explicit iterator(reader* r) : reader_(r) { ++*this; }
+    reference operator*() const { return line_; }
+    pointer operator->() const { return &line_; }
+    iterator& operator++() {
+      line_ = reader_->readline();
+      if (line_.empty()) reader_ = nullptr;
+      return *this;
+    }
+    void operator++(int) { ++*this; }
+    friend bool operator==(const iterator& a, const iterator& b) { return a.reader_ == b.reader_; }
+    friend bool operator!=(const iterator& a, const iterator& b) { return !(a == b); }
+
+   private:
+    reader* reader_ = nullptr;
+    std::string line_;
+  };
+  iterator begin() { return iterator(this); }
+  iterator end() { return iterator(); }
+
+  /// Bytes buffered and not yet returned.
+  std::size_t buffered() const noexcept { return end_ - begin_; }
+  void close() noexcept { closed_ = true; }
+  bool closed() const noexcept { return closed_; }
+
+ private:
+  void check_open() const {
+    if (closed_) throw std::logic_error("I/O operation on closed reader");
+  }
+
+  std::string take(std::size_t n) {
+    if (n > end_ - begin_) n = end_ - begin_;
+    std::string out(buffer_, begin_, n);
+    begin_ += n;
+    return out;
+  }
+
+  // Receives more bytes into the buffer (at most `hint` when unbuffered); false at end.
+  bool fill(std::size_t hint = static_cast<std::size_t>(-1)) {
+    if (eof_) return false;
+    std::size_t want = bufsize_ == 0 ? (hint == static_cast<std::size_t>(-1) ? 4096 : hint)
+                                     : bufsize_;
+    if (begin_ == end_) {
+      begin_ = end_ = 0;
+    } else if (begin_ > 0 && buffer_.size() - end_ < want) {
+      buffer_.erase(0, begin_);  // keep the unread tail at the front
+      end_ -= begin_;
+      begin_ = 0;
+    }
+    if (buffer_.size() < end_ + want) buffer_.resize(end_ + want);
+    const std::size_t got = sock_.recv(&buffer_[end_], want);
+    if (got == 0) {
+      eof_ = true;
+      return false;
+    }
+    end_ += got;
+    return true;
+  }
+
+  socket_view sock_;
+  std::size_t bufsize_ = default_buffer_size;
+  std::size_t max_line_length_ = 0;
+  std::string buffer_;
+  std::size_t begin_ = 0;  // unread bytes are buffer_[begin_, end_)
+  std::size_t end_ = 0;
+  bool eof_ = false;
+  bool closed_ = false;
+};
+
+/// Python's wfile: writes to a connected socket, all or nothing (partial sends are resumed),
+/// unbuffered when bufsize is 0, else buffered up to bufsize and sent by flush(); or, when
+/// made without a socket, collects what is written (Python's BytesIO) for getvalue().
+class writer {
+ public:
+  /// Collects writes in memory.
+  writer() = default;
+  writer(socket_view sock, std::ptrdiff_t bufsize)
+      : sock_(sock),
+        bufsize_(bufsize < 0 ? reader::default_buffer_size : static_cast<std::size_t>(bufsize)) {}
+
+  /// Writes all of data; returns data.size().
+  std::size_t write(std::string_view data) {
+    if (closed_) throw std::logic_error("I/O operation on closed writer");
+    if (!sock_.is_open()) {
+      buffer_.append(data);
+    } else if (bufsize_ == 0) {
+      sock_.sendall(data);
+    } else {
+      if (buffer_.size() + data.size() > bufsize_) flush();
+      if (data.size() >= bufsize_)
+        sock_.sendall(data);
+      else
+        buffer_.append(data);
+    }
+    return data.size();
+  }
+
+  /// Sends what is buffered (nothing to do when unbuffered or collecting).
+  void flush() {
+    if (!sock_.is_open() || buffer_.empty()) return;
+    std::string pending;
+    pending.swap(buffer_);  // on failure the bytes are dropped, as the peer is gone
+    sock_.sendall(pending);
+  }
+
+  /// What a collecting writer has gathered.
+  const std::string& getvalue() const noexcept { return buffer_; }
+
+  void close() noexcept { closed_ = true; }
+  bool closed() const noexcept { return closed_; }
+
+ private:
+  socket_view sock_;
+  std::size_t bufsize_ = 0;
+  std::string buffer_;
+  bool closed_ = false;
+};
+
+}  // namespace socketserver

@@ -1,0 +1,237 @@
+// SPDX-License-Identifier: MIT
+// socket_view (a non-owning handle with Python's socket methods) and socket (the owning one).
+#pragma once
+
+#include <fcntl.h>       // fcntl, O_NONBLOCK
+#include <sys/socket.h>  // recv, send, sendto, recvfrom, setsockopt, shutdown, MSG_NOSIGNAL
+#include <sys/time.h>    // timeval
+#include <unistd.h>      // close
+
+#include <chrono>        // std::chrono::duration
+#include <cstddef>       // std::size_t
+#include <optional>      // std::optional
+#include <string>        // std::string
+#include <string_view>   // std::string_view
+#include <system_error>  // std::error_code
+#include <utility>       // std::pair, std::exchange
+
+#include "address.hpp"
+#include "error.hpp"
+
+namespace socketserver {
+
+/// A timeout as Python spells it: std::nullopt blocks forever, zero never blocks.
+using timeout_type = std::optional<std::chrono::duration<double>>;
+
+/// A socket file descriptor it does not own, with the methods of Python's socket object.
+/// Sends never raise SIGPIPE (MSG_NOSIGNAL); calls interrupted by a signal are retried.
+/// Throwing methods raise std::system_error; a receive that hits the timeout set by
+/// settimeout() raises one with std::errc::timed_out.
+class socket_view {
+ public:
+  socket_view() noexcept = default;
+  explicit socket_view(int fd) noexcept : fd_(fd) {}
+
+  /// The file descriptor, or -1.
+  int fileno() const noexcept { return fd_; }
+  bool is_open() const noexcept { return fd_ >= 0; }
+
+  /// Receives up to n bytes into buf; returns 0 at end of stream.
+  std::size_t recv(void* buf, std::size_t n, int flags = 0) const {
+    std::error_code ec;
+    std::size_t got = recv(buf, n, flags, ec);
+    if (ec) detail::throw_error(ec, "recv");
+    return got;
+  }
+  std::size_t recv(void* buf, std::size_t n, int flags, std::error_code& ec) const noexcept {
+    ssize_t got = detail::retry_on_eintr([&] { return ::recv(fd_, buf, n, flags); });
+    return finish_io(got, ec);
+  }
+  /// Receives up to bufsize bytes, as Python's recv(): an empty string means end of stream.
+  std::string recv(std::size_t bufsize, int flags = 0) const {
+    std::string data(bufsize, '\0');
+    data.resize(recv(data.data(), bufsize, flags));
+    return data;
+  }
+
+  /// Sends what the kernel takes now; returns how much that was.
+  std::size_t send(std::string_view data, int flags = 0) const {
+    std::error_code ec;
+    std::size_t sent = send(data, flags, ec);
+    if (ec) detail::throw_error(ec, "send");
+    return sent;
+  }
+  std::size_t send(std::string_view data, int flags, std::error_code& ec) const noexcept {
+    ssize_t sent = detail::retry_on_eintr(
+        [&] { return ::send(fd_, data.data(), data.size(), flags | MSG_NOSIGNAL); });
+    return finish_io(sent, ec);
+  }
+
+  /// Sends all of data, however many send() calls it takes.
+  void sendall(std::string_view data, int flags = 0) const {
+    std::error_code ec;
+    sendall(data, flags, ec);
+    if (ec) detail::throw_error(ec, "sendall");
+  }
+  void sendall(std::string_view data, int flags, std::error_code& ec) const noexcept {
+    ec.clear();
+    while (!data.empty()) {
+      std::size_t sent = send(data, flags, ec);
+      if (ec) return;
+      data.remove_prefix(sent);
+    }
+  }
+
+  /// Sends one datagram to `to`; returns the bytes sent.
+  std::size_t sendto(std::string_view data, const address& to, int flags = 0) const {
+    ssize_t sent = detail::retry_on_eintr([&] {
+      return ::sendto(fd_, data.data(), data.size(), flags | MSG_NOSIGNAL, to.data(), to.size());
+    });
+    std::error_code ec;
+    std::size_t n = finish_io(sent, ec);
+    if (ec) detail::throw_error(ec, "sendto " + to.to_string());
+    return n;
+  }
+
+  /// Receives one datagram of at most bufsize bytes and its sender's address.
+  std::pair<std::string, address> recvfrom(std::size_t bufsize, int flags = 0) const {
+    std::pair<std::string, address> result{std::string(bufsize, '\0'), address()};
+    socklen_t len = address::capacity();
+    ssize_t got = detail::retry_on_eintr([&] {
+      return ::recvfrom(fd_, result.first.data(), bufsize, flags, result.second.data(), &len);
+    });
+    std::error_code ec;
+    result.first.resize(finish_io(got, ec));
+    if (ec) detail::throw_error(ec, "recvfrom");
+    result.second.resize(len);
+    return result;
+  }
+
+  /// Python's settimeout(): nullopt blocks, zero makes the socket non-blocking, a positive
+  /// duration bounds each receive and send (SO_RCVTIMEO/SO_SNDTIMEO).
+  void settimeout(timeout_type timeout) const {
+    const bool nonblocking = timeout && timeout->count() <= 0;
+    set_nonblocking(nonblocking);
+    timeval tv{};
+    if (timeout && !nonblocking) {
+      auto us = std::chrono::duration_cast<std::chrono::microseconds>(*timeout).count();
+      if (us < 1) us = 1;  // 0 would mean "no timeout"
+      tv.tv_sec = static_cast<time_t>(us / 1000000);
+      tv.tv_usec = static_cast<suseconds_t>(us % 1000000);
+    }
+    setsockopt(SOL_SOCKET, SO_RCVTIMEO, tv);
+    setsockopt(SOL_SOCKET, SO_SNDTIMEO, tv);
+  }
+  /// Python's gettimeout(): nullopt when blocking without a timeout.
+  timeout_type gettimeout() const {
+    if (is_nonblocking()) return std::chrono::duration<double>(0);
+    timeval tv = getsockopt<timeval>(SOL_SOCKET, SO_RCVTIMEO);
+    if (tv.tv_sec == 0 && tv.tv_usec == 0) return std::nullopt;
+    return std::chrono::duration<double>(static_cast<double>(tv.tv_sec) +
+                                         static_cast<double>(tv.tv_usec) / 1e6);
+  }
+  /// Python's setblocking(): false is settimeout(0), true is settimeout(nullopt).
+  void setblocking(bool blocking) const {
+    settimeout(blocking ? timeout_type() : timeout_type(std::chrono::duration<double>(0)));
+  }
+
+  template <class T>
+  void setsockopt(int level, int name, const T& value) const {
+    if (::setsockopt(fd_, level, name, &value, sizeof value) < 0)
+      detail::throw_errno("setsockopt");
+  }
+  template <class T = int>
+  T getsockopt(int level, int name) const {
+    T value{};
+    socklen_t len = sizeof value;
+    if (::getsockopt(fd_, level, name, &value, &len) < 0) detail::throw_errno("getsockopt");
+    return value;
+  }
+
+  address getsockname() const {
+    address a;
+    socklen_t len = address::capacity();
+    if (::getsockname(fd_, a.data(), &len) < 0) detail::throw_errno("getsockname");
+    a.resize(len);
+    return a;
+  }
+  address getpeername() const {
+    address a;
+    socklen_t len = address::capacity();
+    if (::getpeername(fd_, a.data(), &len) < 0) detail::throw_errno("getpeername");
+    a.resize(len);
+    return a;
+  }
+
+  /// shutdown(2): SHUT_RD, SHUT_WR or SHUT_RDWR.
+  void shutdown(int how) const {
+    std::error_code ec;
+    shutdown(how, ec);
+    if (ec) detail::throw_error(ec, "shutdown");
+  }
+  void shutdown(int how, std::error_code& ec) const noexcept {
+    ec = ::shutdown(fd_, how) < 0 ? detail::last_error() : std::error_code();
+  }
+
+ protected:
+  int fd_ = -1;
+
+ private:
+  // A receive that times out on a blocking socket with SO_RCVTIMEO reports EAGAIN; say
+  // "timed out" as Python does, and keep EAGAIN for a truly non-blocking socket.
+  std::size_t finish_io(ssize_t result, std::error_code& ec) const noexcept {
+    if (result >= 0) {
+      ec.clear();
+      return static_cast<std::size_t>(result);
+    }
+    int err = errno;
+    if ((err == EAGAIN || err == EWOULDBLOCK) && !is_nonblocking()) err = ETIMEDOUT;
+    ec.assign(err, std::system_category());
+    return 0;
+  }
+  bool is_nonblocking() const noexcept {
+    int flags = ::fcntl(fd_, F_GETFL);
+    return flags >= 0 && (flags & O_NONBLOCK) != 0;
+  }
+  void set_nonblocking(bool on) const {
+    int flags = ::fcntl(fd_, F_GETFL);
+    if (flags < 0) detail::throw_errno("fcntl");
+    int wanted = on ? (flags | O_NONBLOCK) : (flags & ~O_NONBLOCK);
+    if (wanted != flags && ::fcntl(fd_, F_SETFL, wanted) < 0) detail::throw_errno("fcntl");
+  }
+};
+
+/// An owning socket: closes its descriptor when destroyed. Move-only.
+class socket : public socket_view {
+ public:
+  socket() noexcept = default;
+  /// Takes ownership of fd.
+  explicit socket(int fd) noexcept : socket_view(fd) {}
+  /// Creates a socket (close-on-exec).
+  /// @throws std::system_error
+  socket(int family, int type, int protocol = 0) {
+    fd_ = ::socket(family, type | SOCK_CLOEXEC, protocol);
+    if (fd_ < 0) detail::throw_errno("socket");
+  }
+  socket(socket&& other) noexcept : socket_view(std::exchange(other.fd_, -1)) {}
+  socket& operator=(socket&& other) noexcept {
+    if (this != &other) {
+      close();
+      fd_ = std::exchange(other.fd_, -1);
+    }
+    return *this;
+  }
+  socket(const socket&) = delete;
+  socket& operator=(const socket&) = delete;
+  ~socket() { close(); }
+
+  /// Closes the descriptor; fileno() is -1 afterwards. Closing twice is harmless.
+  void close() noexcept {
+    // No EINTR retry: on Linux the descriptor is released even when close() is interrupted.
+    if (fd_ >= 0) ::close(std::exchange(fd_, -1));
+  }
+  /// Gives up ownership and returns the descriptor.
+  int detach() noexcept { return std::exchange(fd_, -1); }
+};
+
+}  // namespace socketserver

@@ -1,0 +1,141 @@
+// SPDX-License-Identifier: MIT
+// basic_tcp_server: Python's TCPServer (stream sockets; the base of the other servers).
+#pragma once
+
+#include <sys/socket.h>  // bind, listen, accept4, AF_*, SOCK_*, SO_REUSEADDR, SO_REUSEPORT
+#include <unistd.h>      // unlink
+
+#include <string>        // std::string
+#include <system_error>  // std::system_error
+#include <utility>       // std::move, std::pair
+
+#include "address.hpp"
+#include "base_server.hpp"
+#include "error.hpp"
+#include "socket.hpp"
+
+namespace socketserver {
+namespace detail {
+
+inline const char* family_name(int family) noexcept {
+  switch (family) {
+    case AF_INET:
+      return "AF_INET";
+    case AF_INET6:
+      return "AF_INET6";
+    case AF_UNIX:
+      return "AF_UNIX";
+    default:
+      return "AF_UNSPEC";
+  }
+}
+
+}  // namespace detail
+
+/// Python's TCPServer: a stream socket server, and (with other policies) the base of
+/// UDPServer and the Unix servers. Use it through the aliases in servers.hpp: `TCPServer<H>`,
+/// or `TCPServer<H, MyServer>` as the base of your own server class.
+///
+/// Class-level policies, which a subclass may redefine as `static constexpr` members:
+/// address_family (AF_INET; AF_INET6 for IPv6), socket_type (SOCK_STREAM),
+/// request_queue_size (5, the listen backlog), allow_reuse_address (false: SO_REUSEADDR),
+/// allow_reuse_port (false: SO_REUSEPORT, IPv4/IPv6 only).
+///
+/// The constructor creates the socket and, unless bind_and_activate is false, calls
+/// server_bind() and server_activate(); on failure it closes the socket and rethrows.
+/// Hooks it calls run before your subclass's members are constructed: a server_bind()
+/// override that needs them should be used with bind_and_activate = false.
+///
+/// The destructor closes the socket (and removes a Unix socket file this server created),
+/// as Python's `with` block calls server_close().
+template <class Handler, class Derived, class Request = socket>
+class basic_tcp_server : public BaseServer<Derived, Handler, Request> {
+  using base = BaseServer<Derived, Handler, Request>;
+
+ public:
+  static constexpr int address_family = AF_INET;
+  static constexpr int socket_type = SOCK_STREAM;
+  static constexpr int request_queue_size = 5;
+  static constexpr bool allow_reuse_address = false;
+  static constexpr bool allow_reuse_port = false;
+
+  /// @throws std::system_error naming the address if the socket cannot be created, bound
+  ///         or activated; std::out_of_range for a bad port (from address).
+  explicit basic_tcp_server(address addr, strict_bool bind_and_activate = true)
+      : base(std::move(addr)) {
+    this->socket = socketserver::socket(Derived::address_family, Derived::socket_type);
+    if (bind_and_activate) {
+      try {
+        this->derived().server_bind();
+        this->derived().server_activate();
+      } catch (...) {
+        basic_tcp_server::server_close();
+        throw;
+      }
+    }
+  }
+  ~basic_tcp_server() { basic_tcp_server::server_close(); }
+
+  /// Called by the constructor to bind the socket. May be overridden.
+  /// Sets SO_REUSEADDR / SO_REUSEPORT as the policies ask, resolves a host name, binds, and
+  /// sets server_address to the bound address.
+  void server_bind() {
+    if (Derived::allow_reuse_address) this->socket.setsockopt(SOL_SOCKET, SO_REUSEADDR, 1);
+    if (Derived::allow_reuse_port &&
+        (Derived::address_family == AF_INET || Derived::address_family == AF_INET6))
+      this->socket.setsockopt(SOL_SOCKET, SO_REUSEPORT, 1);
+    const address target =
+        resolve_passive(this->server_address, Derived::address_family, Derived::socket_type);
+    if (target.family() != Derived::address_family)
+      detail::throw_error(std::make_error_code(std::errc::address_family_not_supported),
+                          "bind " + target.to_string() + " (the server's address_family is " +
+                              detail::family_name(Derived::address_family) + ")");
+    if (::bind(this->fileno(), target.data(), target.size()) < 0)
+      detail::throw_errno("bind " + target.to_string());
+    const std::string path = target.path();
+    if (!path.empty() && path[0] != '\0') bound_path_ = path;
+    this->server_address = this->socket.getsockname();
+  }
+
+  /// Called by the constructor to activate the server: listen(). May be overridden.
+  void server_activate() {
+    if (::listen(this->fileno(), Derived::request_queue_size) < 0)
+      detail::throw_errno("listen " + this->server_address.to_string());
+  }
+
+  /// Accepts a connection: returns the connected socket and the client's address.
+  /// May be overridden.
+  std::pair<Request, address> get_request() {
+    address client;
+    socklen_t len = address::capacity();
+    const int fd = ::accept4(this->fileno(), client.data(), &len, SOCK_CLOEXEC);
+    if (fd < 0) detail::throw_errno("accept");
+    client.resize(len);
+    return {Request(fd), std::move(client)};
+  }
+
+  /// Shuts the connection down for writing, then closes it. May be overridden.
+  void shutdown_request(Request& request) {
+    std::error_code ignored;  // e.g. ENOTCONN when the peer has already gone
+    request.shutdown(SHUT_WR, ignored);
+    this->derived().close_request(request);
+  }
+
+  /// Closes the connection. May be overridden.
+  void close_request(Request& request) { request.close(); }
+
+  /// Closes the server socket and removes the Unix socket file it created (CPython leaves
+  /// it behind). Calling it again does nothing. May be overridden.
+  void server_close() noexcept {
+    this->socket.close();
+    if (!bound_path_.empty()) {
+      ::unlink(bound_path_.c_str());
+      bound_path_.clear();
+    }
+  }
+
+ private:
+  std::string bound_path_;  // the Unix socket file to remove on close
+};
+
+}  // namespace socketserver

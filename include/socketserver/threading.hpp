@@ -1,0 +1,193 @@
+// SPDX-License-Identifier: MIT
+// ThreadingMixIn: a thread per request.
+#pragma once
+
+#include <pthread.h>     // pthread_create, pthread_attr_*
+#include <sys/socket.h>  // shutdown, SHUT_RDWR
+
+#include <condition_variable>  // std::condition_variable
+#include <cstddef>             // std::size_t
+#include <cstdio>              // std::fprintf
+#include <memory>              // std::unique_ptr
+#include <mutex>               // std::mutex, std::unique_lock, std::lock_guard
+#include <system_error>        // std::system_error
+#include <type_traits>         // std::is_same_v
+#include <utility>             // std::move
+
+#include "address.hpp"
+#include "base_server.hpp"  // detail::describe_current_exception
+#include "socket.hpp"
+
+namespace socketserver {
+
+/// Python's ThreadingMixIn: handles each request in a new thread. Compose it over a server
+/// (servers.hpp does for the predefined types): `ThreadingMixIn<basic_tcp_server<H, D>>`.
+///
+/// - daemon_threads (false): false means server_close() waits for the request's thread
+///   (when block_on_close); true means it does not.
+/// - block_on_close (true): server_close() waits for the non-daemon threads.
+/// - thread_stack_size (0 = the system's default): stack size of request threads.
+///
+/// Finished threads leave nothing behind (no list that grows over a long run). The
+/// destructor never lets a thread outlive the server it uses: it shuts down the
+/// connections of the threads still running (daemon threads, or all with block_on_close
+/// false) so that they stop waiting for their clients, and waits for them. If your subclass
+/// has members that handlers use, call server_close() in its destructor.
+template <class Base>
+class ThreadingMixIn : public Base {
+ public:
+  using request_type = typename Base::request_type;
+
+  bool daemon_threads = false;
+  bool block_on_close = true;
+  std::size_t thread_stack_size = 0;
+
+  using Base::Base;
+  ThreadingMixIn(const ThreadingMixIn&) = delete;
+  ThreadingMixIn& operator=(const ThreadingMixIn&) = delete;
+  ~ThreadingMixIn() {
+    ThreadingMixIn::server_close();
+    std::unique_lock<std::mutex> lock(mutex_);
+    for (task* t = running_.next; t != &running_; t = t->next)
+      if (t->connection_fd >= 0) ::shutdown(t->connection_fd, SHUT_RDWR);  // wake its recv()
+    idle_.wait(lock, [&] { return active_ == 0; });
+  }
+
+  /// Starts a thread that runs process_request_thread(); returns at once.
+  /// @throws std::system_error if the thread cannot be started (the request is left as it
+  ///         was, for handle_error() and shutdown_request()).
+  void process_request(request_type& request, const address& client_address) {
+    auto t = std::make_unique<task>(this, std::move(request), client_address,
+                                    block_on_close && !daemon_threads);
+    link(t.get());
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    if (thread_stack_size != 0) pthread_attr_setstacksize(&attr, thread_stack_size);
+    pthread_t id;
+    const int rc = pthread_create(&id, &attr, &thread_main, t.get());
+    pthread_attr_destroy(&attr);
+    if (rc != 0) {
+      unlink(t.get());
+      request = std::move(t->request);
+      throw std::system_error(rc, std::system_category(), "start request thread");
+    }
+    t.release();  // the thread owns it now
+  }
+
+  /// Same as BaseServer::process_request() but in the request's thread, with errors
+  /// handled there: finish_request(), handle_error() if it threw, then shutdown_request().
+  void process_request_thread(request_type& request, const address& client_address) {
+    try {
+      this->derived().finish_request(request, client_address);
+    } catch (...) {
+      this->derived().handle_error(request, client_address);
+    }
+    forget_connection(current_task_);
+    this->derived().shutdown_request(request);
+  }
+
+  /// Closes the server and waits for the non-daemon request threads (if block_on_close).
+  /// A datagram server waits first, so no thread replies on a closed socket; a stream server
+  /// closes first, so new clients are refused while it waits (as CPython).
+  void server_close() {
+    if constexpr (std::is_same_v<request_type, socketserver::socket>) {
+      Base::server_close();
+      join();
+    } else {
+      join();
+      Base::server_close();
+    }
+  }
+
+  /// How many request threads are running now.
+  std::size_t active_threads() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return active_;
+  }
+
+ private:
+  struct task {
+    task() = default;
+    task(ThreadingMixIn* s, request_type&& r, const address& a, bool t)
+        : server(s), request(std::move(r)), client_address(a), tracked(t) {}
+    ThreadingMixIn* server = nullptr;
+    request_type request;
+    address client_address;
+    bool tracked = false;
+    int connection_fd = -1;  // while the handler runs, for the destructor to shut down
+    task* prev = this;
+    task* next = this;
+  };
+
+  static void* thread_main(void* arg) {
+    std::unique_ptr<task> t(static_cast<task*>(arg));
+    ThreadingMixIn* self = t->server;
+    current_task_ = t.get();
+    try {
+      self->derived().process_request_thread(t->request, t->client_address);
+    } catch (...) {
+      // handle_error() or shutdown_request() threw: nobody is left to tell but stderr.
+      std::fprintf(stderr, "socketserver: request thread for %s ended with %s\n",
+                   t->client_address.to_string().c_str(),
+                   detail::describe_current_exception().c_str());
+    }
+    current_task_ = nullptr;
+    self->forget_connection(t.get());
+    const bool tracked = t->tracked;
+    t.reset();  // closes the request if nothing did
+    // The last touch of *self: once active_ drops, the destructor may free it.
+    std::lock_guard<std::mutex> lock(self->mutex_);
+    --self->active_;
+    if (tracked) --self->tracked_;
+    self->idle_.notify_all();
+    return nullptr;
+  }
+
+  void link(task* t) {
+    if constexpr (std::is_same_v<request_type, socketserver::socket>)
+      t->connection_fd = t->request.fileno();
+    std::lock_guard<std::mutex> lock(mutex_);
+    t->prev = running_.prev;
+    t->next = &running_;
+    running_.prev->next = t;
+    running_.prev = t;
+    ++active_;
+    if (t->tracked) ++tracked_;
+  }
+
+  // Takes the task off the list the destructor shuts connections down from. The request's
+  // thread does this before it closes the connection, so the destructor never shuts down a
+  // descriptor number that has meanwhile been reused.
+  void forget_connection(task* t) noexcept {
+    if (t == nullptr) return;
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (t->prev == t) return;
+    t->prev->next = t->next;
+    t->next->prev = t->prev;
+    t->prev = t->next = t;
+  }
+
+  // Undoes link() for a thread that could not be started.
+  void unlink(task* t) noexcept {
+    forget_connection(t);
+    std::lock_guard<std::mutex> lock(mutex_);
+    --active_;
+    if (t->tracked) --tracked_;
+  }
+
+  void join() {
+    if (!block_on_close) return;
+    std::unique_lock<std::mutex> lock(mutex_);
+    idle_.wait(lock, [&] { return tracked_ == 0; });
+  }
+
+  inline static thread_local task* current_task_ = nullptr;
+  mutable std::mutex mutex_;
+  std::condition_variable idle_;
+  task running_;  // sentinel of the list of running tasks
+  std::size_t active_ = 0;
+  std::size_t tracked_ = 0;
+};
+
+}  // namespace socketserver

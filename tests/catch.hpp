@@ -1,0 +1,10 @@
+// SPDX-License-Identifier: MIT
+// Catch2 v3 where installed, else v2 (Debian 12 ships 2.13).
+#pragma once
+#if __has_include(<catch2/catch_test_macros.hpp>)
+#  include <catch2/catch_template_test_macros.hpp>
+#  include <catch2/catch_test_macros.hpp>
+#  include <catch2/matchers/catch_matchers_string.hpp>
+#else
+#  include <catch2/catch.hpp>
+#endif
