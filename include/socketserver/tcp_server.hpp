@@ -3,7 +3,8 @@
 #pragma once
 
 #include <sys/socket.h>  // bind, listen, accept4, AF_*, SOCK_*, SO_REUSEADDR, SO_REUSEPORT
-#include <unistd.h>      // unlink
+#include <sys/stat.h>    // lstat, S_ISSOCK
+#include <unistd.h>      // unlink, close
 
 #include <string>        // std::string
 #include <system_error>  // std::system_error
@@ -30,6 +31,21 @@ inline const char* family_name(int family) noexcept {
   }
 }
 
+/// Removes the Unix socket file at `where` if it is a socket that nobody is listening on
+/// (connecting to it is refused); returns whether it did.
+inline bool remove_stale_unix_socket(const address& where, int socket_type) noexcept {
+  const std::string path = where.path();
+  struct stat st;
+  if (where.family() != AF_UNIX || path.empty() || path[0] == '\0' ||
+      ::lstat(path.c_str(), &st) != 0 || !S_ISSOCK(st.st_mode))
+    return false;
+  const int probe = ::socket(AF_UNIX, socket_type | SOCK_CLOEXEC, 0);
+  if (probe < 0) return false;
+  const bool refused = ::connect(probe, where.data(), where.size()) < 0 && errno == ECONNREFUSED;
+  ::close(probe);
+  return refused && ::unlink(path.c_str()) == 0;
+}
+
 }  // namespace detail
 
 /// Python's TCPServer: a stream socket server, and (with other policies) the base of
@@ -47,7 +63,9 @@ inline const char* family_name(int family) noexcept {
 /// override that needs them should be used with bind_and_activate = false.
 ///
 /// The destructor closes the socket (and removes a Unix socket file this server created),
-/// as Python's `with` block calls server_close().
+/// as Python's `with` block calls server_close(). A Unix socket file left behind by a server
+/// that died (nobody listens on it) is replaced; one with a live server is an
+/// `Address already in use` error.
 template <class Handler, class Derived, class Request = socket>
 class basic_tcp_server : public BaseServer<Derived, Handler, Request> {
   using base = BaseServer<Derived, Handler, Request>;
@@ -90,9 +108,15 @@ class basic_tcp_server : public BaseServer<Derived, Handler, Request> {
       detail::throw_error(std::make_error_code(std::errc::address_family_not_supported),
                           "bind " + target.to_string() + " (the server's address_family is " +
                               detail::family_name(Derived::address_family) + ")");
-    if (::bind(this->fileno(), target.data(), target.size()) < 0)
-      detail::throw_errno("bind " + target.to_string());
     const std::string path = target.path();
+    if (::bind(this->fileno(), target.data(), target.size()) < 0) {
+      const int err = errno;
+      // A socket file left behind by a server that died: nobody listens on it, so take its
+      // place. A live server's socket (or any other kind of file) stays an error.
+      if (!(err == EADDRINUSE && detail::remove_stale_unix_socket(target, Derived::socket_type) &&
+            ::bind(this->fileno(), target.data(), target.size()) == 0))
+        detail::throw_error({err, std::system_category()}, "bind " + target.to_string());
+    }
     if (!path.empty() && path[0] != '\0') bound_path_ = path;
     this->server_address = this->socket.getsockname();
   }
