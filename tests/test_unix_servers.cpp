@@ -105,5 +105,6 @@ TEST_CASE("abstract-namespace Unix addresses leave no file", "[unix]") {
   CHECK(server.server_address.to_string()[0] == '@');
   test::TempDir dir;
   test::Serving<decltype(server)> serving(server);
-  CHECK(test::round_trip<test::UnixStream>(server.server_address, "abstract\n", dir) == "abstract\n");
+  CHECK(test::round_trip<test::UnixStream>(server.server_address, "abstract\n", dir) ==
+        "abstract\n");
 }

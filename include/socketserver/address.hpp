@@ -52,14 +52,13 @@ class address {
     if (path.size() >= sizeof un.sun_path)
       throw std::system_error(std::make_error_code(std::errc::filename_too_long),
                               "AF_UNIX path too long (" + std::to_string(path.size()) +
-                                  " bytes, the limit is " +
-                                  std::to_string(sizeof un.sun_path - 1) +
+                                  " bytes, the limit is " + std::to_string(sizeof un.sun_path - 1) +
                                   "): " + std::string(path));
     un.sun_family = AF_UNIX;
     std::memcpy(un.sun_path, path.data(), path.size());
     const bool abstract = !path.empty() && path[0] == '\0';
-    size_ = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + path.size() +
-                                   (abstract ? 0 : 1));
+    size_ =
+        static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + path.size() + (abstract ? 0 : 1));
     std::memcpy(&storage_, &un, sizeof un);
   }
   address(const char* path) : address(std::string_view(path)) {}         // NOLINT: implicit
@@ -114,9 +113,8 @@ class address {
   std::string path() const {
     if (family() != AF_UNIX) return {};
     const auto* un = &as<sockaddr_un>();
-    std::size_t n = size_ > offsetof(sockaddr_un, sun_path)
-                        ? size_ - offsetof(sockaddr_un, sun_path)
-                        : 0;
+    std::size_t n =
+        size_ > offsetof(sockaddr_un, sun_path) ? size_ - offsetof(sockaddr_un, sun_path) : 0;
     if (n > 0 && un->sun_path[0] != '\0') n = ::strnlen(un->sun_path, n);
     return std::string(un->sun_path, n);
   }
@@ -175,8 +173,7 @@ class address {
     addrinfo hints{};
     hints.ai_flags = AI_NUMERICHOST;
     addrinfo* found = nullptr;
-    if (::getaddrinfo(host.c_str(), nullptr, &hints, &found) != 0 || found == nullptr)
-      return false;
+    if (::getaddrinfo(host.c_str(), nullptr, &hints, &found) != 0 || found == nullptr) return false;
     *this = from_native(found->ai_addr, found->ai_addrlen);
     ::freeaddrinfo(found);
     set_port(port);
@@ -207,10 +204,11 @@ inline address resolve_passive(const address& a, int family, int socket_type) {
   hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
   addrinfo* found = nullptr;
   const std::string port = std::to_string(a.name_port_);
-  const int rc = ::getaddrinfo(a.name_.empty() ? nullptr : a.name_.c_str(), port.c_str(), &hints,
-                               &found);
+  const int rc =
+      ::getaddrinfo(a.name_.empty() ? nullptr : a.name_.c_str(), port.c_str(), &hints, &found);
   if (rc != 0) {
-    std::error_code ec = rc == EAI_SYSTEM ? detail::last_error() : std::error_code(rc, gai_category());
+    std::error_code ec =
+        rc == EAI_SYSTEM ? detail::last_error() : std::error_code(rc, gai_category());
     detail::throw_error(ec, "resolve " + a.to_string());
   }
   address resolved = address::from_native(found->ai_addr, found->ai_addrlen);

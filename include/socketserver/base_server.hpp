@@ -4,23 +4,18 @@
 
 #include <poll.h>  // pollfd, POLLIN, POLLNVAL
 
-#include <algorithm>           // std::min
-#include <atomic>              // std::atomic
-#include <chrono>              // std::chrono
-#include <condition_variable>  // std::condition_variable
-#include <cstdio>              // std::fprintf, stderr
-#include <exception>           // std::exception, std::current_exception, std::rethrow_exception
-#include <mutex>               // std::mutex, std::unique_lock
-#include <optional>            // std::optional
-#include <stdexcept>           // std::logic_error
-#include <string>              // std::string
-#include <system_error>        // std::system_error
-#include <thread>              // std::this_thread, std::thread::id
-#include <typeinfo>            // typeid
-#include <utility>             // std::pair, std::move
+#include <algorithm>     // std::min
+#include <chrono>        // std::chrono
+#include <cstdio>        // std::fprintf, stderr
+#include <cstdlib>       // std::free
+#include <exception>     // std::exception, std::current_exception, std::rethrow_exception
+#include <optional>      // std::optional
+#include <string>        // std::string
+#include <system_error>  // std::system_error
+#include <typeinfo>      // typeid
+#include <utility>       // std::pair, std::move
 #if defined(__GNUG__)
 #  include <cxxabi.h>  // abi::__cxa_demangle, abi::__cxa_current_exception_type
-#  include <cstdlib>   // std::free
 #endif
 
 #include "address.hpp"
@@ -133,7 +128,8 @@ class BaseServer : public server_base {
   /// wake-up) and calls service_actions() at least every poll_interval.
   /// @throws std::system_error if the server socket is closed (EBADF);
   ///         std::logic_error if another thread is already serving.
-  void serve_forever(std::chrono::duration<double> poll_interval = std::chrono::duration<double>(0.5)) {
+  void serve_forever(
+      std::chrono::duration<double> poll_interval = std::chrono::duration<double>(0.5)) {
     begin_serving();
     struct end_guard {
       BaseServer* server;
@@ -149,7 +145,8 @@ class BaseServer : public server_base {
       if (accept_paused_until_ > clock::now()) {  // out of descriptors: wait, then try again
         watch = &fds[1];
         count = 1;
-        wait = std::min<std::chrono::duration<double>>(poll_interval, accept_paused_until_ - clock::now());
+        wait = std::min<std::chrono::duration<double>>(poll_interval,
+                                                       accept_paused_until_ - clock::now());
       }
       fds[0].revents = fds[1].revents = 0;
       const int ready = detail::poll_for(watch, count, wait);
@@ -267,8 +264,9 @@ class BaseServer : public server_base {
     derived().handle_get_request_error(error);
     if (detail::is_resource_exhaustion(error.code())) {
       using namespace std::chrono;
-      accept_pause_ = accept_pause_ == milliseconds(0) ? milliseconds(10)
-                                                        : std::min(accept_pause_ * 2, milliseconds(1000));
+      accept_pause_ = accept_pause_ == milliseconds(0)
+                          ? milliseconds(10)
+                          : std::min(accept_pause_ * 2, milliseconds(1000));
       accept_paused_until_ = steady_clock::now() + accept_pause_;
     }
   }

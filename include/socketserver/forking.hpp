@@ -61,12 +61,11 @@ class ForkingMixIn : public Base {
   /// Reaps children that have exited; first, while max_children are running, waits for one
   /// to exit. With blocking = true, waits for all of them.
   void collect_children(bool blocking = false) {
-    while (active_children.size() >= max_children && !active_children.empty())
-      wait_for_any_child();
+    while (active_children.size() >= max_children && !active_children.empty()) wait_for_any_child();
     for (auto it = active_children.begin(); it != active_children.end();) {
       int status = 0;
-      const pid_t pid = detail::retry_on_eintr(
-          [&] { return ::waitpid(*it, &status, blocking ? 0 : WNOHANG); });
+      const pid_t pid =
+          detail::retry_on_eintr([&] { return ::waitpid(*it, &status, blocking ? 0 : WNOHANG); });
       if (pid == *it || (pid < 0 && errno == ECHILD))  // exited, or reaped by someone else
         it = active_children.erase(it);
       else

@@ -13,9 +13,9 @@
 #include <utility>       // std::declval
 
 #include "address.hpp"
-#include "server_base.hpp"
 #include "datagram.hpp"
 #include "io.hpp"
+#include "server_base.hpp"
 #include "socket.hpp"
 
 namespace socketserver {

@@ -77,7 +77,8 @@ class reader {
       if (window > scanned) {
         const void* nl = std::memchr(&buffer_[begin_ + scanned], '\n', window - scanned);
         if (nl != nullptr)
-          return take(static_cast<std::size_t>(static_cast<const char*>(nl) - &buffer_[begin_]) + 1);
+          return take(static_cast<std::size_t>(static_cast<const char*>(nl) - &buffer_[begin_]) +
+                      1);
         scanned = window;
       }
       if (avail >= cap) return take(cap);
@@ -142,8 +143,8 @@ class reader {
   // Receives more bytes into the buffer (at most `hint` when unbuffered); false at end.
   bool fill(std::size_t hint = static_cast<std::size_t>(-1)) {
     if (eof_) return false;
-    std::size_t want = bufsize_ == 0 ? (hint == static_cast<std::size_t>(-1) ? 4096 : hint)
-                                     : bufsize_;
+    std::size_t want =
+        bufsize_ == 0 ? (hint == static_cast<std::size_t>(-1) ? 4096 : hint) : bufsize_;
     if (begin_ == end_) {
       begin_ = end_ = 0;
     } else if (begin_ > 0 && buffer_.size() - end_ < want) {

@@ -94,7 +94,9 @@ class server_base {
     }
     cv_.notify_all();
   }
-  bool shutdown_requested() const noexcept { return shutdown_request_.load(std::memory_order_acquire); }
+  bool shutdown_requested() const noexcept {
+    return shutdown_request_.load(std::memory_order_acquire);
+  }
 
   detail::wakeup wakeup_;
 

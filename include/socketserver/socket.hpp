@@ -137,8 +137,7 @@ class socket_view {
 
   template <class T>
   void setsockopt(int level, int name, const T& value) const {
-    if (::setsockopt(fd_, level, name, &value, sizeof value) < 0)
-      detail::throw_errno("setsockopt");
+    if (::setsockopt(fd_, level, name, &value, sizeof value) < 0) detail::throw_errno("setsockopt");
   }
   template <class T = int>
   T getsockopt(int level, int name) const {

@@ -28,7 +28,8 @@ class TempDir {
  public:
   TempDir() {
     char tmpl[] = "/tmp/socketserver-test-XXXXXX";
-    if (::mkdtemp(tmpl) == nullptr) throw std::system_error(errno, std::system_category(), "mkdtemp");
+    if (::mkdtemp(tmpl) == nullptr)
+      throw std::system_error(errno, std::system_category(), "mkdtemp");
     path_ = tmpl;
   }
   TempDir(const TempDir&) = delete;
@@ -91,7 +92,8 @@ inline std::string recv_all(const ss::socket_view& s, std::size_t limit = 1 << 2
 template <class Server>
 class Serving {
  public:
-  explicit Serving(Server& server, std::chrono::duration<double> poll_interval = std::chrono::duration<double>(0.5))
+  explicit Serving(Server& server,
+                   std::chrono::duration<double> poll_interval = std::chrono::duration<double>(0.5))
       : server_(server), thread_([this, poll_interval] {
           try {
             server_.serve_forever(poll_interval);
@@ -200,7 +202,7 @@ std::string round_trip(const ss::address& server, const std::string& message, co
 
 }  // namespace test
 
-#define SOCKETSERVER_ALL_KINDS                                                             \
-  test::TCP, test::UDP, test::UnixStream, test::UnixDatagram, test::ThreadingTCP,          \
-      test::ThreadingUDP, test::ThreadingUnixStream, test::ThreadingUnixDatagram,          \
+#define SOCKETSERVER_ALL_KINDS                                                    \
+  test::TCP, test::UDP, test::UnixStream, test::UnixDatagram, test::ThreadingTCP, \
+      test::ThreadingUDP, test::ThreadingUnixStream, test::ThreadingUnixDatagram, \
       test::ForkingTCP, test::ForkingUDP, test::ForkingUnixStream, test::ForkingUnixDatagram

@@ -18,9 +18,9 @@ namespace detail {
 /// @throws std::system_error if poll fails for a reason other than EINTR.
 inline int poll_for(pollfd* fds, nfds_t count, timeout_type timeout) {
   using clock = std::chrono::steady_clock;
-  const auto deadline =
-      timeout ? clock::now() + std::chrono::duration_cast<clock::duration>(*timeout)
-              : clock::time_point::max();
+  const auto deadline = timeout
+                            ? clock::now() + std::chrono::duration_cast<clock::duration>(*timeout)
+                            : clock::time_point::max();
   for (;;) {
     int ready;
     if (!timeout) {
