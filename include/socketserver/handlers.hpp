@@ -154,7 +154,9 @@ class BaseRequestHandler {
 /// `static constexpr` members:
 ///   rbufsize (-1: buffered, 8192 bytes; 0: unbuffered), wbufsize (0: unbuffered, every write
 ///   is sent at once; >0: buffered, sent by flush() and at finish()), timeout (nullopt: none;
-///   else the connection's socket timeout), disable_nagle_algorithm (TCP_NODELAY),
+///   else the connection's socket timeout, and the limit on each whole rfile read or
+///   readline, so a client that sends a byte at a time cannot hold it open),
+///   disable_nagle_algorithm (TCP_NODELAY),
 ///   max_line_length (65536: the longest line rfile.readline() returns without an explicit
 ///   limit, so an endless line cannot exhaust memory; 0: no bound).
 template <class Server = void>
@@ -182,7 +184,7 @@ class StreamRequestHandler : public BaseRequestHandler<socket, Server>,
       const int on = 1;
       (void)::setsockopt(connection.fileno(), IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
     }
-    rfile = reader(connection, options_.rbufsize, options_.max_line_length);
+    rfile = reader(connection, options_.rbufsize, options_.max_line_length, options_.timeout);
     wfile = writer(connection, options_.wbufsize);
   }
 

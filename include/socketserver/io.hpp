@@ -2,6 +2,7 @@
 // reader and writer: the rfile and wfile of the request handlers.
 #pragma once
 
+#include <chrono>       // std::chrono::steady_clock
 #include <cstddef>      // std::size_t, std::ptrdiff_t
 #include <cstring>      // std::memchr
 #include <iterator>     // std::input_iterator_tag
@@ -11,6 +12,7 @@
 #include <utility>      // std::move
 #include <vector>       // std::vector
 
+#include "detail/poll.hpp"
 #include "socket.hpp"
 
 namespace socketserver {
@@ -29,15 +31,21 @@ class reader {
   explicit reader(std::string data) : buffer_(std::move(data)), end_(buffer_.size()), eof_(true) {}
   /// Reads from `sock`. bufsize < 0 picks the default (8192); 0 reads unbuffered, never
   /// taking a byte from the socket that the caller did not ask for. max_line_length bounds
-  /// readline() without a limit (0: no bound).
-  reader(socket_view sock, std::ptrdiff_t bufsize, std::size_t max_line_length = 0)
+  /// readline() without a limit (0: no bound). `timeout` bounds each read(), readline() and
+  /// readlines() call as a whole, however the peer dribbles its bytes (a client sending a
+  /// byte a second cannot hold a readline() open past it): past it they throw
+  /// std::system_error with std::errc::timed_out.
+  reader(socket_view sock, std::ptrdiff_t bufsize, std::size_t max_line_length = 0,
+         timeout_type timeout = std::nullopt)
       : sock_(sock),
         bufsize_(bufsize < 0 ? default_buffer_size : static_cast<std::size_t>(bufsize)),
-        max_line_length_(max_line_length) {}
+        max_line_length_(max_line_length),
+        timeout_(timeout) {}
 
   /// Reads up to `size` bytes, fewer only at end of stream; size < 0 reads to end of stream.
   std::string read(std::ptrdiff_t size = -1) {
     check_open();
+    start_deadline();
     std::string out;
     if (size < 0) {
       while (fill()) {
@@ -53,7 +61,7 @@ class reader {
       if (missing >= bufsize_) {  // a large read bypasses the buffer
         const std::size_t have = out.size();
         out.resize(wanted);
-        const std::size_t got = sock_.recv(&out[have], missing);
+        const std::size_t got = receive(&out[have], missing);
         out.resize(have + got);
         if (got == 0) eof_ = true;
       } else if (fill(missing)) {
@@ -68,28 +76,17 @@ class reader {
   /// is left, "" once nothing is.
   std::string readline(std::ptrdiff_t limit = -1) {
     check_open();
-    std::size_t cap = limit >= 0 ? static_cast<std::size_t>(limit) : max_line_length_;
-    if (cap == 0 && limit < 0) cap = static_cast<std::size_t>(-1);
-    std::size_t scanned = 0;  // bytes after begin_ already known not to hold '\n'
-    for (;;) {
-      const std::size_t avail = end_ - begin_;
-      const std::size_t window = avail < cap ? avail : cap;
-      if (window > scanned) {
-        const void* nl = std::memchr(&buffer_[begin_ + scanned], '\n', window - scanned);
-        if (nl != nullptr)
-          return take(static_cast<std::size_t>(static_cast<const char*>(nl) - &buffer_[begin_]) +
-                      1);
-        scanned = window;
-      }
-      if (avail >= cap) return take(cap);
-      if (!fill(1)) return take(avail);
-    }
+    start_deadline();
+    return readline_within_deadline(limit);
   }
 
   /// Reads every remaining line.
   std::vector<std::string> readlines() {
     std::vector<std::string> lines;
-    for (std::string line = readline(); !line.empty(); line = readline())
+    check_open();
+    start_deadline();
+    for (std::string line = readline_within_deadline(-1); !line.empty();
+         line = readline_within_deadline(-1))
       lines.push_back(std::move(line));
     return lines;
   }
@@ -133,6 +130,25 @@ class reader {
     if (closed_) throw std::logic_error("I/O operation on closed reader");
   }
 
+  std::string readline_within_deadline(std::ptrdiff_t limit) {
+    std::size_t cap = limit >= 0 ? static_cast<std::size_t>(limit) : max_line_length_;
+    if (cap == 0 && limit < 0) cap = static_cast<std::size_t>(-1);
+    std::size_t scanned = 0;  // bytes after begin_ already known not to hold '\n'
+    for (;;) {
+      const std::size_t avail = end_ - begin_;
+      const std::size_t window = avail < cap ? avail : cap;
+      if (window > scanned) {
+        const void* nl = std::memchr(&buffer_[begin_ + scanned], '\n', window - scanned);
+        if (nl != nullptr)
+          return take(static_cast<std::size_t>(static_cast<const char*>(nl) - &buffer_[begin_]) +
+                      1);
+        scanned = window;
+      }
+      if (avail >= cap) return take(cap);
+      if (!fill(1)) return take(avail);
+    }
+  }
+
   std::string take(std::size_t n) {
     if (n > end_ - begin_) n = end_ - begin_;
     std::string out(buffer_, begin_, n);
@@ -153,7 +169,7 @@ class reader {
       begin_ = 0;
     }
     if (buffer_.size() < end_ + want) buffer_.resize(end_ + want);
-    const std::size_t got = sock_.recv(&buffer_[end_], want);
+    const std::size_t got = receive(&buffer_[end_], want);
     if (got == 0) {
       eof_ = true;
       return false;
@@ -162,9 +178,32 @@ class reader {
     return true;
   }
 
+  void start_deadline() {
+    if (timeout_) deadline_ = clock::now() + std::chrono::duration_cast<clock::duration>(*timeout_);
+  }
+
+  // recv() within the current operation's deadline: try without blocking, then wait for
+  // readability with the time that is left.
+  std::size_t receive(char* buf, std::size_t n) {
+    if (!timeout_) return sock_.recv(buf, n);
+    for (;;) {
+      std::error_code ec;
+      const std::size_t got = sock_.recv(buf, n, MSG_DONTWAIT, ec);
+      if (!ec) return got;
+      if (ec != std::errc::resource_unavailable_try_again && ec != std::errc::operation_would_block)
+        detail::throw_error(ec, "recv");
+      const auto left = deadline_ - clock::now();
+      if (left <= clock::duration::zero() || !detail::wait_readable(sock_.fileno(), left))
+        detail::throw_error(std::make_error_code(std::errc::timed_out), "recv");
+    }
+  }
+
+  using clock = std::chrono::steady_clock;
   socket_view sock_;
   std::size_t bufsize_ = default_buffer_size;
   std::size_t max_line_length_ = 0;
+  timeout_type timeout_;
+  clock::time_point deadline_{};
   std::string buffer_;
   std::size_t begin_ = 0;  // unread bytes are buffer_[begin_, end_)
   std::size_t end_ = 0;

@@ -45,7 +45,7 @@ class socket_view {
   }
   std::size_t recv(void* buf, std::size_t n, int flags, std::error_code& ec) const noexcept {
     ssize_t got = detail::retry_on_eintr([&] { return ::recv(fd_, buf, n, flags); });
-    return finish_io(got, ec);
+    return finish_io(got, flags, ec);
   }
   /// Receives up to bufsize bytes, as Python's recv(): an empty string means end of stream.
   std::string recv(std::size_t bufsize, int flags = 0) const {
@@ -64,7 +64,7 @@ class socket_view {
   std::size_t send(std::string_view data, int flags, std::error_code& ec) const noexcept {
     ssize_t sent = detail::retry_on_eintr(
         [&] { return ::send(fd_, data.data(), data.size(), flags | MSG_NOSIGNAL); });
-    return finish_io(sent, ec);
+    return finish_io(sent, flags, ec);
   }
 
   /// Sends all of data, however many send() calls it takes.
@@ -88,7 +88,7 @@ class socket_view {
       return ::sendto(fd_, data.data(), data.size(), flags | MSG_NOSIGNAL, to.data(), to.size());
     });
     std::error_code ec;
-    std::size_t n = finish_io(sent, ec);
+    std::size_t n = finish_io(sent, flags, ec);
     if (ec) detail::throw_error(ec, "sendto " + to.to_string());
     return n;
   }
@@ -101,7 +101,7 @@ class socket_view {
       return ::recvfrom(fd_, result.first.data(), bufsize, flags, result.second.data(), &len);
     });
     std::error_code ec;
-    result.first.resize(finish_io(got, ec));
+    result.first.resize(finish_io(got, flags, ec));
     if (ec) detail::throw_error(ec, "recvfrom");
     result.second.resize(len);
     return result;
@@ -176,15 +176,16 @@ class socket_view {
   int fd_ = -1;
 
  private:
-  // A receive that times out on a blocking socket with SO_RCVTIMEO reports EAGAIN; say
-  // "timed out" as Python does, and keep EAGAIN for a truly non-blocking socket.
-  std::size_t finish_io(ssize_t result, std::error_code& ec) const noexcept {
+  // A call that times out on a blocking socket with SO_RCVTIMEO/SO_SNDTIMEO reports EAGAIN;
+  // say "timed out" as Python does, and keep EAGAIN where not blocking was asked for.
+  std::size_t finish_io(ssize_t result, int flags, std::error_code& ec) const noexcept {
     if (result >= 0) {
       ec.clear();
       return static_cast<std::size_t>(result);
     }
     int err = errno;
-    if ((err == EAGAIN || err == EWOULDBLOCK) && !is_nonblocking()) err = ETIMEDOUT;
+    if ((err == EAGAIN || err == EWOULDBLOCK) && (flags & MSG_DONTWAIT) == 0 && !is_nonblocking())
+      err = ETIMEDOUT;
     ec.assign(err, std::system_category());
     return 0;
   }
