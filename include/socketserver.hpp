@@ -13,6 +13,7 @@
 #include "socketserver/servers.hpp"
 #include "socketserver/socket.hpp"
 #include "socketserver/tcp_server.hpp"
+#include "socketserver/thread_pool.hpp"
 #include "socketserver/threading.hpp"
 #include "socketserver/udp_server.hpp"
 #include "socketserver/unix_server.hpp"

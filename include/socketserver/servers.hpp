@@ -6,6 +6,7 @@
 
 #include "forking.hpp"
 #include "tcp_server.hpp"
+#include "thread_pool.hpp"
 #include "threading.hpp"
 #include "udp_server.hpp"
 #include "unix_server.hpp"
@@ -48,6 +49,14 @@ template <class H, class D>
 using threading_unix_stream_server_t = ThreadingMixIn<basic_unix_stream_server<H, D>>;
 template <class H, class D>
 using threading_unix_datagram_server_t = ThreadingMixIn<basic_unix_datagram_server<H, D>>;
+template <class H, class D>
+using thread_pool_tcp_server_t = ThreadPoolMixIn<basic_tcp_server<H, D>>;
+template <class H, class D>
+using thread_pool_udp_server_t = ThreadPoolMixIn<basic_udp_server<H, D>>;
+template <class H, class D>
+using thread_pool_unix_stream_server_t = ThreadPoolMixIn<basic_unix_stream_server<H, D>>;
+template <class H, class D>
+using thread_pool_unix_datagram_server_t = ThreadPoolMixIn<basic_unix_datagram_server<H, D>>;
 
 // Python's classes. `Handler` is the RequestHandlerClass. `Derived` is your own server class
 // when you subclass one (CRTP): `struct MyServer : ThreadingTCPServer<MyHandler, MyServer>`.
@@ -77,5 +86,17 @@ using ThreadingUnixStreamServer = server_type_t<threading_unix_stream_server_t, 
 template <class Handler, class Derived = void>
 using ThreadingUnixDatagramServer =
     server_type_t<threading_unix_datagram_server_t, Handler, Derived>;
+
+// Beyond Python: a bounded pool of worker threads (thread_pool.hpp).
+template <class Handler, class Derived = void>
+using ThreadPoolTCPServer = server_type_t<thread_pool_tcp_server_t, Handler, Derived>;
+template <class Handler, class Derived = void>
+using ThreadPoolUDPServer = server_type_t<thread_pool_udp_server_t, Handler, Derived>;
+template <class Handler, class Derived = void>
+using ThreadPoolUnixStreamServer =
+    server_type_t<thread_pool_unix_stream_server_t, Handler, Derived>;
+template <class Handler, class Derived = void>
+using ThreadPoolUnixDatagramServer =
+    server_type_t<thread_pool_unix_datagram_server_t, Handler, Derived>;
 
 }  // namespace socketserver

@@ -27,6 +27,9 @@ namespace socketserver {
 ///   (when block_on_close); true means it does not.
 /// - block_on_close (true): server_close() waits for the non-daemon threads.
 /// - thread_stack_size (0 = the system's default): stack size of request threads.
+/// - max_threads (0 = no limit; beyond Python): at that many running request threads, the
+///   server waits for one to finish before it starts another (as ForkingMixIn's
+///   max_children), so clients wait in the listen backlog.
 ///
 /// Finished threads leave nothing behind (no list that grows over a long run). The
 /// destructor never lets a thread outlive the server it uses: it shuts down the
@@ -41,6 +44,7 @@ class ThreadingMixIn : public Base {
   bool daemon_threads = false;
   bool block_on_close = true;
   std::size_t thread_stack_size = 0;
+  std::size_t max_threads = 0;
 
   using Base::Base;
   ThreadingMixIn(const ThreadingMixIn&) = delete;
@@ -57,6 +61,10 @@ class ThreadingMixIn : public Base {
   /// @throws std::system_error if the thread cannot be started (the request is left as it
   ///         was, for handle_error() and shutdown_request()).
   void process_request(request_type& request, const address& client_address) {
+    if (max_threads != 0) {
+      std::unique_lock<std::mutex> lock(mutex_);
+      idle_.wait(lock, [&] { return active_ < max_threads; });
+    }
     auto t = std::make_unique<task>(this, std::move(request), client_address,
                                     block_on_close && !daemon_threads);
     link(t.get());

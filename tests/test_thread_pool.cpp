@@ -1,0 +1,208 @@
+// SPDX-License-Identifier: MIT
+// ThreadPoolMixIn (a bounded pool and queue) and ThreadingMixIn::max_threads.
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "catch.hpp"
+#include "support/harness.hpp"
+
+namespace {
+
+using namespace std::chrono_literals;
+
+// Handlers that wait at a gate until the test opens it, so the test can fill the pool.
+struct Gate {
+  std::mutex mutex;
+  std::condition_variable changed;
+  int entered = 0;
+  bool open = false;
+
+  void pass() {
+    std::unique_lock<std::mutex> lock(mutex);
+    ++entered;
+    changed.notify_all();
+    changed.wait_for(lock, 20s, [&] { return open; });
+  }
+  bool wait_entered(int n) {
+    std::unique_lock<std::mutex> lock(mutex);
+    return changed.wait_for(lock, 20s, [&] { return entered >= n; });
+  }
+  void release() {
+    std::lock_guard<std::mutex> lock(mutex);
+    open = true;
+    changed.notify_all();
+  }
+};
+
+template <template <class, class> class Server>
+struct Gated {
+  struct Handler;
+  struct server_type : Server<Handler, server_type> {
+    using base = Server<Handler, server_type>;
+    using base::base;
+    Gate gate;
+    std::mutex mutex;
+    std::condition_variable accepted;
+    int process_calls = 0;
+    void process_request(socketserver::socket& request, const socketserver::address& client) {
+      {
+        std::lock_guard<std::mutex> lock(mutex);
+        ++process_calls;
+        accepted.notify_all();
+      }
+      base::process_request(request, client);
+    }
+    // Set to open the gate when the first request is shut down: with drain_on_close false,
+    // that is server_close() closing the queued requests, after it took them off the queue.
+    bool release_on_shutdown_request = false;
+    void shutdown_request(socketserver::socket& request) {
+      if (release_on_shutdown_request) gate.release();
+      base::shutdown_request(request);
+    }
+    bool wait_process_calls(int n) {
+      std::unique_lock<std::mutex> lock(mutex);
+      return accepted.wait_for(lock, 20s, [&] { return process_calls >= n; });
+    }
+  };
+  struct Handler : socketserver::StreamRequestHandler<server_type> {
+    void handle() {
+      const std::string line = this->rfile.readline();
+      this->server.gate.pass();
+      this->wfile.write(line);
+    }
+  };
+};
+
+using GatedPool = Gated<socketserver::thread_pool_tcp_server_t>;
+using GatedThreading = Gated<socketserver::threading_tcp_server_t>;
+
+struct StreamEcho : socketserver::StreamRequestHandler<> {
+  void handle() { wfile.write(rfile.read()); }
+};
+struct DatagramEcho : socketserver::DatagramRequestHandler<> {
+  void handle() { wfile.write(rfile.read()); }
+};
+
+template <template <class, class> class Server, bool Stream, int Family>
+using PoolKind = test::Kind<Server, Stream, Family, test::Concurrency::threading>;
+using PoolTCP = PoolKind<socketserver::thread_pool_tcp_server_t, true, AF_INET>;
+using PoolUDP = PoolKind<socketserver::thread_pool_udp_server_t, false, AF_INET>;
+using PoolUnixStream = PoolKind<socketserver::thread_pool_unix_stream_server_t, true, AF_UNIX>;
+using PoolUnixDatagram = PoolKind<socketserver::thread_pool_unix_datagram_server_t, false, AF_UNIX>;
+
+socketserver::socket send_line(const socketserver::address& to, const std::string& line) {
+  socketserver::socket c = test::connect_to(to);
+  c.sendall(line);
+  return c;
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("a thread pool server echoes", "[thread_pool]", PoolTCP, PoolUDP, PoolUnixStream,
+                   PoolUnixDatagram) {
+  using K = TestType;
+  using Echo = std::conditional_t<K::stream, StreamEcho, DatagramEcho>;
+  test::TempDir dir;
+  typename K::template server<Echo> server(K::bind_address(dir));
+  server.pool_size = 3;
+  const int threads_before = test::thread_count();
+  {
+    test::Serving<decltype(server)> serving(server);
+    for (int i = 0; i < 100; ++i) {
+      const std::string message = "pooled " + std::to_string(i) + "\n";
+      REQUIRE(test::round_trip<K>(server.server_address, message, dir) == message);
+    }
+    // A pool does not grow with the number of requests: the workers and the serving thread.
+    CHECK(test::thread_count() == threads_before + 3 + 1);
+  }
+  server.server_close();
+  CHECK(test::thread_count() == threads_before);
+}
+
+TEST_CASE("a full thread pool queue stops accepting until a worker is free", "[thread_pool]") {
+  GatedPool::server_type server({"127.0.0.1", 0});
+  server.pool_size = 2;
+  server.queue_size = 1;
+  test::Serving<GatedPool::server_type> serving(server);
+  std::vector<socketserver::socket> clients;
+  for (int i = 0; i < 5; ++i)
+    clients.push_back(send_line(server.server_address, "client " + std::to_string(i) + "\n"));
+  REQUIRE(server.gate.wait_entered(2));   // both workers busy
+  REQUIRE(server.wait_process_calls(4));  // the 4th waits for room in the queue
+  CHECK(server.busy() == 2);
+  CHECK(server.queued() == 1);
+  {
+    std::lock_guard<std::mutex> lock(server.mutex);
+    CHECK(server.process_calls == 4);  // the 5th is still in the listen backlog
+  }
+  server.gate.release();
+  for (int i = 0; i < 5; ++i) {
+    clients[static_cast<std::size_t>(i)].shutdown(SHUT_WR);
+    CHECK(test::recv_all(clients[static_cast<std::size_t>(i)]) ==
+          "client " + std::to_string(i) + "\n");
+  }
+}
+
+TEST_CASE("server_close drains queued requests by default", "[thread_pool]") {
+  GatedPool::server_type server({"127.0.0.1", 0});
+  server.pool_size = 1;
+  server.queue_size = 4;
+  std::vector<socketserver::socket> clients;
+  {
+    test::Serving<GatedPool::server_type> serving(server);
+    for (int i = 0; i < 3; ++i)
+      clients.push_back(send_line(server.server_address, "queued " + std::to_string(i) + "\n"));
+    REQUIRE(server.gate.wait_entered(1));
+    REQUIRE(server.wait_process_calls(3));
+    CHECK(server.queued() == 2);
+  }
+  std::thread opener([&] { server.gate.release(); });
+  server.server_close();  // returns once all three were served
+  opener.join();
+  for (int i = 0; i < 3; ++i)
+    CHECK(test::recv_all(clients[static_cast<std::size_t>(i)]) ==
+          "queued " + std::to_string(i) + "\n");
+}
+
+TEST_CASE("drain_on_close = false closes queued requests unserved", "[thread_pool]") {
+  GatedPool::server_type server({"127.0.0.1", 0});
+  server.pool_size = 1;
+  server.queue_size = 4;
+  server.drain_on_close = false;
+  server.release_on_shutdown_request = true;
+  std::vector<socketserver::socket> clients;
+  {
+    test::Serving<GatedPool::server_type> serving(server);
+    for (int i = 0; i < 3; ++i)
+      clients.push_back(send_line(server.server_address, "queued " + std::to_string(i) + "\n"));
+    REQUIRE(server.gate.wait_entered(1));
+    REQUIRE(server.wait_process_calls(3));
+  }
+  server.server_close();
+  CHECK(test::recv_all(clients[0]) == "queued 0\n");  // was being served: finished
+  CHECK(test::recv_all(clients[1]).empty());          // queued: closed without a reply
+  CHECK(test::recv_all(clients[2]).empty());
+}
+
+TEST_CASE("ThreadingMixIn::max_threads bounds the running request threads", "[threading]") {
+  GatedThreading::server_type server({"127.0.0.1", 0});
+  server.max_threads = 2;
+  test::Serving<GatedThreading::server_type> serving(server);
+  std::vector<socketserver::socket> clients;
+  for (int i = 0; i < 4; ++i)
+    clients.push_back(send_line(server.server_address, "t" + std::to_string(i) + "\n"));
+  REQUIRE(server.gate.wait_entered(2));
+  REQUIRE(server.wait_process_calls(3));  // the third waits for a thread to finish
+  CHECK(server.active_threads() == 2);
+  {
+    std::lock_guard<std::mutex> lock(server.gate.mutex);
+    CHECK(server.gate.entered == 2);
+  }
+  server.gate.release();
+  for (int i = 0; i < 4; ++i)
+    CHECK(test::recv_all(clients[static_cast<std::size_t>(i)]) == "t" + std::to_string(i) + "\n");
+}
