@@ -2,6 +2,7 @@
 // socketserver: Python's socketserver module for C++17. Include this, or the narrow headers.
 #pragma once
 
+#include "socketserver/activation.hpp"
 #include "socketserver/address.hpp"
 #include "socketserver/base_server.hpp"
 #include "socketserver/datagram.hpp"

@@ -10,7 +10,7 @@
 #include <cstdlib>       // std::free
 #include <exception>     // std::exception, std::current_exception, std::rethrow_exception
 #include <optional>      // std::optional
-#include <string>        // std::string
+#include <string>        // std::string, std::to_string
 #include <system_error>  // std::system_error
 #include <typeinfo>      // typeid
 #include <utility>       // std::pair, std::move
@@ -173,6 +173,30 @@ class BaseServer : public server_base {
       handle_request_noblock();
     else
       derived().handle_timeout();
+  }
+
+  /// Serves on an already bound (and, for stream servers, listening) socket instead of the
+  /// one the constructor made: an inherited descriptor, or one from listen_fds() (socket
+  /// activation). Construct the server with bind_and_activate = false, then call this. The
+  /// socket's family and type must match the server's; server_address becomes its address.
+  /// A stream socket that is not listening yet is activated (server_activate()).
+  /// @throws std::system_error if the descriptor is not such a socket (it is then left open).
+  void adopt_socket(int fd) {
+    socketserver::socket_view candidate(fd);
+    int type = 0;
+    socklen_t len = sizeof type;
+    if (::getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0)
+      detail::throw_errno("adopt_socket " + std::to_string(fd));
+    address bound = candidate.getsockname();
+    if (type != Derived::socket_type || bound.family() != Derived::address_family)
+      detail::throw_error(std::make_error_code(std::errc::wrong_protocol_type),
+                          "adopt_socket " + std::to_string(fd) + " (" + bound.to_string() +
+                              "): not a socket of this server's family and type");
+    this->socket = socketserver::socket(fd);
+    server_address = std::move(bound);
+    if (Derived::socket_type == SOCK_STREAM &&
+        this->socket.template getsockopt<int>(SOL_SOCKET, SO_ACCEPTCONN) == 0)
+      derived().server_activate();
   }
 
   // --- Hooks: each may be overridden in Derived. -------------------------------------------
