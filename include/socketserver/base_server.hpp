@@ -6,6 +6,7 @@
 
 #include <algorithm>     // std::min
 #include <chrono>        // std::chrono
+#include <cstddef>       // std::size_t
 #include <cstdio>        // std::fprintf, stderr
 #include <cstdlib>       // std::free
 #include <exception>     // std::exception, std::current_exception, std::rethrow_exception
@@ -199,6 +200,18 @@ class BaseServer : public server_base {
       derived().server_activate();
   }
 
+  /// Graceful stop (beyond Python): stop accepting, let the requests in flight finish for
+  /// up to `grace`, then cut the rest (their connections are shut down; forked children get
+  /// SIGTERM; queued requests of a pool are closed unserved), and close the server. Returns
+  /// how many requests were cut. Call it after shutdown(), from any thread but the one that
+  /// ran serve_forever() if it is still inside a handler. A synchronous server has nothing
+  /// in flight once serve_forever() has returned: it just closes.
+  std::size_t drain(std::chrono::duration<double> grace) {
+    (void)grace;
+    derived().server_close();
+    return 0;
+  }
+
   // --- Hooks: each may be overridden in Derived. -------------------------------------------
 
   /// Called by the constructor to activate the server. May be overridden.
@@ -217,6 +230,7 @@ class BaseServer : public server_base {
   void process_request(Request& request, const address& client_address) {
     derived().finish_request(request, client_address);
     derived().shutdown_request(request);
+    count_completed(false);
   }
 
   /// Finishes one request by running the RequestHandlerClass on it.
@@ -268,6 +282,7 @@ class BaseServer : public server_base {
       on_get_request_error(error);
       return;
     }
+    count(counters_.accepted);
     Request& request = got->first;
     const address& client_address = got->second;
     if (derived().verify_request(request, client_address)) {
@@ -276,8 +291,10 @@ class BaseServer : public server_base {
       } catch (...) {
         derived().handle_error(request, client_address);
         derived().shutdown_request(request);
+        count_completed(true);
       }
     } else {
+      count(counters_.rejected);
       derived().shutdown_request(request);
     }
   }
@@ -285,6 +302,7 @@ class BaseServer : public server_base {
  private:
   void on_get_request_error(const std::system_error& error) {
     if (detail::is_transient(error.code())) return;
+    count(counters_.get_request_errors);
     derived().handle_get_request_error(error);
     if (detail::is_resource_exhaustion(error.code())) {
       using namespace std::chrono;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <poll.h>         // poll, pollfd
+#include <signal.h>       // kill, SIGTERM
 #include <sys/syscall.h>  // SYS_pidfd_open
 #include <sys/types.h>    // pid_t
 #include <sys/wait.h>     // waitpid, WNOHANG
@@ -18,6 +19,7 @@
 #include <vector>        // std::vector
 
 #include "address.hpp"
+#include "detail/poll.hpp"
 #include "error.hpp"
 #include "server_base.hpp"  // strict_bool
 #include "socket.hpp"
@@ -36,7 +38,8 @@ namespace socketserver {
 /// The child runs finish_request(), reports an exception through handle_error(), calls
 /// shutdown_request() and leaves with _exit(0), or _exit(1) after an exception, so none of
 /// the parent's destructors, atexit handlers or test-framework code run in it. A stream
-/// server's child closes its copy of the listening socket first.
+/// server's child closes its copy of the listening socket first, and restores SIGTERM's
+/// default action (drain() ends late children with it).
 ///
 /// Children are reaped by pid (waitpid(pid, WNOHANG)) in service_actions() and
 /// handle_timeout(); unlike CPython, never with waitpid(-1), which would also reap child
@@ -66,10 +69,15 @@ class ForkingMixIn : public Base {
       int status = 0;
       const pid_t pid =
           detail::retry_on_eintr([&] { return ::waitpid(*it, &status, blocking ? 0 : WNOHANG); });
-      if (pid == *it || (pid < 0 && errno == ECHILD))  // exited, or reaped by someone else
+      if (pid == *it) {
+        this->count_completed(!WIFEXITED(status) || WEXITSTATUS(status) != 0);
         it = active_children.erase(it);
-      else
+      } else if (pid < 0 && errno == ECHILD) {  // reaped by someone else: outcome unknown
+        this->count_completed(false);
+        it = active_children.erase(it);
+      } else {
         ++it;
+      }
     }
   }
 
@@ -97,6 +105,8 @@ class ForkingMixIn : public Base {
       this->derived().close_request(request);
       return;
     }
+    // drain() ends children with SIGTERM: whatever the parent does with it, a child ends.
+    ::signal(SIGTERM, SIG_DFL);
     int status = 1;
     try {
       if constexpr (std::is_same_v<request_type, socketserver::socket>)
@@ -117,6 +127,25 @@ class ForkingMixIn : public Base {
     ::_exit(status);
   }
 
+  /// Graceful stop: closes the socket (stream servers), waits up to `grace` for the
+  /// children, sends SIGTERM to those still running, reaps them all, and closes the server.
+  /// Returns how many children were cut.
+  std::size_t drain(std::chrono::duration<double> grace) {
+    if constexpr (std::is_same_v<request_type, socketserver::socket>) Base::server_close();
+    using clock = std::chrono::steady_clock;
+    const auto deadline = clock::now() + std::chrono::duration_cast<clock::duration>(grace);
+    collect_children();
+    while (!active_children.empty() && clock::now() < deadline) {
+      wait_for_any_child(std::chrono::duration<double>(deadline - clock::now()));
+      collect_children();
+    }
+    const std::size_t cut = active_children.size();
+    for (pid_t pid : active_children) ::kill(pid, SIGTERM);
+    collect_children(true);
+    this->derived().server_close();
+    return cut;
+  }
+
   /// Closes the server, then reaps the children, waiting for them if block_on_close.
   void server_close() {
     Base::server_close();
@@ -124,9 +153,10 @@ class ForkingMixIn : public Base {
   }
 
  private:
-  // Blocks until at least one of our children has exited, without reaping it (that is
-  // collect_children's job) and without touching other children of the process.
-  void wait_for_any_child() {
+  // Blocks until at least one of our children has exited (or `limit` has passed),
+  // without reaping it (that is collect_children's job) and without touching other children
+  // of the process.
+  void wait_for_any_child(timeout_type limit = std::nullopt) {
 #if defined(SYS_pidfd_open)
     std::vector<pollfd> fds;
     for (pid_t pid : active_children) {
@@ -134,18 +164,26 @@ class ForkingMixIn : public Base {
       if (fd >= 0) fds.push_back({static_cast<int>(fd), POLLIN, 0});
     }
     if (fds.size() == active_children.size()) {
-      (void)detail::retry_on_eintr([&] { return ::poll(fds.data(), fds.size(), -1); });
+      try {
+        detail::poll_for(fds.data(), fds.size(), limit);
+      } catch (...) {
+      }
       for (const pollfd& p : fds) ::close(p.fd);
       return;
     }
     for (const pollfd& p : fds) ::close(p.fd);
 #endif
     // No pidfds (old kernel, or a child already reaped elsewhere): wait for the oldest.
+    if (limit) return;  // a bounded wait cannot block in waitpid(): let the caller poll
     int status = 0;
     const pid_t pid = *active_children.begin();
-    if (detail::retry_on_eintr([&] { return ::waitpid(pid, &status, 0); }) == pid ||
-        errno == ECHILD)
+    if (detail::retry_on_eintr([&] { return ::waitpid(pid, &status, 0); }) == pid) {
+      this->count_completed(!WIFEXITED(status) || WEXITSTATUS(status) != 0);
       active_children.erase(pid);
+    } else if (errno == ECHILD) {
+      this->count_completed(false);
+      active_children.erase(pid);
+    }
   }
 };
 

@@ -4,6 +4,7 @@
 
 #include <atomic>              // std::atomic
 #include <condition_variable>  // std::condition_variable
+#include <cstdint>             // std::uint64_t
 #include <mutex>               // std::mutex, std::unique_lock, std::lock_guard
 #include <stdexcept>           // std::logic_error
 #include <thread>              // std::this_thread, std::thread::id
@@ -29,6 +30,19 @@ class strict_bool {
 /// What every server has, whatever its types: the socket, `timeout` and the serve/shutdown
 /// handshake. A handler written for any server (`BaseRequestHandler<>`) sees its server as
 /// this class.
+/// Request counters, read while serving with server.stats(). Cheap enough to leave on:
+/// a relaxed atomic increment per event.
+struct server_stats {
+  std::uint64_t accepted = 0;   ///< requests get_request() returned
+  std::uint64_t rejected = 0;   ///< of those, refused by verify_request()
+  std::uint64_t completed = 0;  ///< processed to the end, with or without an error
+  std::uint64_t errors = 0;     ///< of those, ended by an exception (handle_error()), or by a
+                                ///< forked child's non-zero exit
+  std::uint64_t get_request_errors = 0;  ///< get_request() failures reported (not transient)
+  /// Accepted, not rejected, not yet completed: being processed or queued.
+  std::uint64_t active() const noexcept { return accepted - rejected - completed; }
+};
+
 class server_base {
  public:
   server_base(const server_base&) = delete;
@@ -67,6 +81,19 @@ class server_base {
     cv_.wait(lock, [&] { return completed_loops_ != generation; });
   }
 
+  /// A snapshot of the request counters.
+  server_stats stats() const noexcept {
+    server_stats s;
+    s.accepted = counters_.accepted.load(std::memory_order_relaxed);
+    s.rejected = counters_.rejected.load(std::memory_order_relaxed);
+    s.errors = counters_.errors.load(std::memory_order_relaxed);
+    s.get_request_errors = counters_.get_request_errors.load(std::memory_order_relaxed);
+    // Read last: a request counted completed is then also counted accepted.
+    s.completed = counters_.completed.load(std::memory_order_acquire);
+    if (s.completed + s.rejected > s.accepted) s.accepted = s.completed + s.rejected;
+    return s;
+  }
+
   /// True while a thread is inside serve_forever().
   bool is_serving() const {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -97,6 +124,20 @@ class server_base {
   bool shutdown_requested() const noexcept {
     return shutdown_request_.load(std::memory_order_acquire);
   }
+
+  // The counters behind stats(); the server layers count what they see.
+  struct counters {
+    std::atomic<std::uint64_t> accepted{0}, rejected{0}, completed{0}, errors{0},
+        get_request_errors{0};
+  };
+  void count(std::atomic<std::uint64_t>& counter) noexcept {
+    counter.fetch_add(1, std::memory_order_relaxed);
+  }
+  void count_completed(bool failed) noexcept {
+    if (failed) count(counters_.errors);
+    counters_.completed.fetch_add(1, std::memory_order_release);
+  }
+  counters counters_;
 
   detail::wakeup wakeup_;
 

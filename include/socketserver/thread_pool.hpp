@@ -2,12 +2,16 @@
 // ThreadPoolMixIn: a fixed set of worker threads and a bounded queue of accepted requests.
 #pragma once
 
+#include <sys/socket.h>  // shutdown, SHUT_RDWR
+
 #include <algorithm>           // std::max
+#include <chrono>              // std::chrono::duration
 #include <condition_variable>  // std::condition_variable
 #include <cstddef>             // std::size_t
 #include <cstdio>              // std::fprintf
 #include <deque>               // std::deque
 #include <mutex>               // std::mutex, std::unique_lock, std::lock_guard
+#include <set>                 // std::multiset
 #include <thread>              // std::thread
 #include <type_traits>         // std::is_same_v
 #include <utility>             // std::move
@@ -67,12 +71,16 @@ class ThreadPoolMixIn : public Base {
   /// Runs one request on a worker: finish_request(), handle_error() if it threw, then
   /// shutdown_request() (the same steps as ThreadingMixIn's request thread).
   void process_request_thread(request_type& request, const address& client_address) {
+    bool failed = false;
     try {
       this->derived().finish_request(request, client_address);
     } catch (...) {
+      failed = true;
       this->derived().handle_error(request, client_address);
     }
+    forget_serving_fd();
     this->derived().shutdown_request(request);
+    this->count_completed(failed);
   }
 
   /// Closes the server and stops the workers (see drain_on_close).
@@ -84,6 +92,29 @@ class ThreadPoolMixIn : public Base {
       stop_workers();
       Base::server_close();
     }
+  }
+
+  /// Graceful stop: closes the socket (stream servers), lets the workers serve what is
+  /// queued and running for up to `grace`, then closes the queued requests unserved and shuts
+  /// down the connections being served, and closes the server. Returns how many requests
+  /// were cut.
+  std::size_t drain(std::chrono::duration<double> grace) {
+    if constexpr (std::is_same_v<request_type, socketserver::socket>) Base::server_close();
+    std::size_t cut = 0;
+    std::deque<job> unserved;
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      if (!idle_.wait_for(lock, grace, [&] { return queue_.empty() && busy_ == 0; })) {
+        unserved.swap(queue_);
+        cut += unserved.size();
+        for (int fd : serving_fds_)
+          if (::shutdown(fd, SHUT_RDWR) == 0) ++cut;
+      }
+    }
+    room_.notify_all();
+    close_unserved(unserved);
+    this->derived().server_close();
+    return cut;
   }
 
   /// Requests waiting for a worker now.
@@ -122,6 +153,9 @@ class ThreadPoolMixIn : public Base {
       job next = std::move(queue_.front());
       queue_.pop_front();
       ++busy_;
+      int fd = connection_fd(next.request);
+      if (fd >= 0) serving_fds_.insert(fd);
+      serving_fd_ = &fd;
       lock.unlock();
       room_.notify_one();
       try {
@@ -131,9 +165,29 @@ class ThreadPoolMixIn : public Base {
                      next.client_address.to_string().c_str(),
                      detail::describe_current_exception().c_str());
       }
+      forget_serving_fd();
+      serving_fd_ = nullptr;
       lock.lock();
       --busy_;
+      idle_.notify_all();
     }
+  }
+
+  // The connection of the request a worker is serving, which drain() may shut down. The
+  // worker forgets it before the request is closed, so drain() never shuts down a
+  // descriptor number that has been reused.
+  static int connection_fd(const request_type& request) noexcept {
+    if constexpr (std::is_same_v<request_type, socketserver::socket>)
+      return request.fileno();
+    else
+      return -1;
+  }
+
+  void forget_serving_fd() {
+    if (serving_fd_ == nullptr || *serving_fd_ < 0) return;
+    std::lock_guard<std::mutex> lock(mutex_);
+    serving_fds_.erase(serving_fds_.find(*serving_fd_));
+    *serving_fd_ = -1;
   }
 
   void stop_workers() {
@@ -147,18 +201,27 @@ class ThreadPoolMixIn : public Base {
     }
     work_.notify_all();
     room_.notify_all();
+    close_unserved(unserved);
+    for (std::thread& t : workers) t.join();
+  }
+
+  // Closes requests that no worker will serve; they count as failed.
+  void close_unserved(std::deque<job>& unserved) noexcept {
     for (job& j : unserved) {
       try {
         this->derived().shutdown_request(j.request);
       } catch (...) {
       }
+      this->count_completed(true);
     }
-    for (std::thread& t : workers) t.join();
   }
 
   mutable std::mutex mutex_;
   std::condition_variable work_;  // a job was queued, or stopping
   std::condition_variable room_;  // the queue has room
+  std::condition_variable idle_;  // a worker finished a request
+  std::multiset<int> serving_fds_;
+  inline static thread_local int* serving_fd_ = nullptr;  // this worker's entry, if any
   std::deque<job> queue_;
   std::vector<std::thread> workers_;
   std::size_t busy_ = 0;

@@ -5,6 +5,7 @@
 #include <pthread.h>     // pthread_create, pthread_attr_*
 #include <sys/socket.h>  // shutdown, SHUT_RDWR
 
+#include <chrono>              // std::chrono::duration
 #include <condition_variable>  // std::condition_variable
 #include <cstddef>             // std::size_t
 #include <cstdio>              // std::fprintf
@@ -86,13 +87,16 @@ class ThreadingMixIn : public Base {
   /// Same as BaseServer::process_request() but in the request's thread, with errors
   /// handled there: finish_request(), handle_error() if it threw, then shutdown_request().
   void process_request_thread(request_type& request, const address& client_address) {
+    bool failed = false;
     try {
       this->derived().finish_request(request, client_address);
     } catch (...) {
+      failed = true;
       this->derived().handle_error(request, client_address);
     }
     forget_connection(current_task_);
     this->derived().shutdown_request(request);
+    this->count_completed(failed);
   }
 
   /// Closes the server and waits for the non-daemon request threads (if block_on_close).
@@ -106,6 +110,25 @@ class ThreadingMixIn : public Base {
       join();
       Base::server_close();
     }
+  }
+
+  /// Graceful stop: closes the socket (stream servers), waits up to `grace` for the request
+  /// threads, then shuts down the connections of those still running so they end, waits
+  /// for them, and closes the server. Returns how many connections were cut. (A datagram
+  /// handler has no connection to cut: its thread is waited for.)
+  std::size_t drain(std::chrono::duration<double> grace) {
+    if constexpr (std::is_same_v<request_type, socketserver::socket>) Base::server_close();
+    std::size_t cut = 0;
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      if (!idle_.wait_for(lock, grace, [&] { return active_ == 0; })) {
+        for (task* t = running_.next; t != &running_; t = t->next)
+          if (t->connection_fd >= 0 && ::shutdown(t->connection_fd, SHUT_RDWR) == 0) ++cut;
+      }
+      idle_.wait(lock, [&] { return active_ == 0; });
+    }
+    this->derived().server_close();
+    return cut;
   }
 
   /// How many request threads are running now.
