@@ -2,7 +2,11 @@
 // BaseServer: the serve_forever loop, shutdown, handle_request and the request hooks.
 #pragma once
 
-#include <poll.h>  // pollfd, POLLIN, POLLNVAL
+#include <fcntl.h>        // fcntl, O_NONBLOCK, pipe2
+#include <poll.h>         // pollfd, POLLIN, POLLNVAL
+#include <sys/syscall.h>  // SYS_pidfd_open
+#include <sys/wait.h>     // waitpid, WNOHANG
+#include <unistd.h>       // syscall, getpid, _exit
 
 #include <algorithm>     // std::min
 #include <chrono>        // std::chrono
@@ -10,11 +14,14 @@
 #include <cstdio>        // std::fprintf, stderr
 #include <cstdlib>       // std::free
 #include <exception>     // std::exception, std::current_exception, std::rethrow_exception
+#include <map>           // std::map
 #include <optional>      // std::optional
+#include <stdexcept>     // std::invalid_argument
 #include <string>        // std::string, std::to_string
 #include <system_error>  // std::system_error
 #include <typeinfo>      // typeid
 #include <utility>       // std::pair, std::move
+#include <vector>        // std::vector
 #if defined(__GNUG__)
 #  include <cxxabi.h>  // abi::__cxa_demangle, abi::__cxa_current_exception_type
 #endif
@@ -96,6 +103,21 @@ inline bool is_transient(const std::error_code& ec) noexcept {
   }
 }
 
+/// A descriptor that becomes readable when process `pid` (a child) exits; -1 where the
+/// kernel has no pidfd_open().
+inline int open_pidfd(pid_t pid) noexcept {
+#if defined(SYS_pidfd_open)
+  const long fd = ::syscall(SYS_pidfd_open, pid, 0);
+  if (fd >= 0) {
+    ::fcntl(static_cast<int>(fd), F_SETFD, FD_CLOEXEC);
+    return static_cast<int>(fd);
+  }
+#else
+  (void)pid;
+#endif
+  return -1;
+}
+
 }  // namespace detail
 
 /// Base class for server classes (Python's BaseServer), with the hooks as CRTP customisation
@@ -137,28 +159,136 @@ class BaseServer : public server_base {
       ~end_guard() { server->end_serving(); }
     } guard{this};
     using clock = std::chrono::steady_clock;
-    pollfd fds[2] = {{fileno(), POLLIN, 0}, {wakeup_.fileno(), POLLIN, 0}};
+    const int listen_fd = fileno();
+    pollfd fds[3] = {{listen_fd, POLLIN, 0}, {wakeup_.fileno(), POLLIN, 0}, {stop_fd_, POLLIN, 0}};
     while (!shutdown_requested()) {
-      if (fds[0].fd < 0) throw std::system_error(EBADF, std::system_category(), "serve_forever");
+      if (listen_fd < 0) throw std::system_error(EBADF, std::system_category(), "serve_forever");
       timeout_type wait = poll_interval;
-      pollfd* watch = fds;
-      nfds_t count = 2;
+      fds[0].fd = listen_fd;
       if (accept_paused_until_ > clock::now()) {  // out of descriptors: wait, then try again
-        watch = &fds[1];
-        count = 1;
+        fds[0].fd = -1;                           // poll() skips it
         wait = std::min<std::chrono::duration<double>>(poll_interval,
                                                        accept_paused_until_ - clock::now());
       }
-      fds[0].revents = fds[1].revents = 0;
-      const int ready = detail::poll_for(watch, count, wait);
-      if (shutdown_requested()) break;  // bpo-35017: no request after shutdown()
-      if (ready > 0 && count == 2 && fds[0].revents != 0) {
+      for (pollfd& p : fds) p.revents = 0;
+      detail::poll_for(fds, 3, wait);
+      if (shutdown_requested() || fds[2].revents != 0) break;  // bpo-35017: none after shutdown
+      if (fds[0].revents != 0) {
         if (fds[0].revents & POLLNVAL)
           throw std::system_error(EBADF, std::system_category(), "serve_forever");
         handle_request_noblock();
       }
       derived().service_actions();
     }
+  }
+
+  /// Prefork (beyond Python): serves on `workers` child processes, each running
+  /// serve_forever() on this server's socket, until shutdown() is called (from another
+  /// thread of this process). The parent only supervises: a worker that exits or dies is
+  /// replaced (at most once a second for a worker that did not live a second, so a crash
+  /// loop cannot fork-bomb). shutdown() tells every worker to stop; each finishes the
+  /// request it is handling, closes (waiting for its own threads or children) and exits;
+  /// this returns when all have.
+  ///
+  /// The workers share the one listening socket, made non-blocking while they serve, so a
+  /// worker woken for a connection another worker took goes back to waiting. (One socket
+  /// works for every family, Unix included, and never hands a connection to a worker that
+  /// has exited; SO_REUSEPORT sockets would spread connections without the shared wake-up,
+  /// but a connection queued on an exiting worker's socket is lost.) A worker that loses
+  /// its parent stops as well. Each worker counts its own stats().
+  /// @throws std::invalid_argument for zero workers; std::system_error if fork() fails
+  ///         for the first workers.
+  void serve_forever_workers(std::size_t workers, std::chrono::duration<double> poll_interval =
+                                                      std::chrono::duration<double>(0.5)) {
+    if (workers == 0) throw std::invalid_argument("serve_forever_workers: no workers");
+    if (fileno() < 0)
+      throw std::system_error(EBADF, std::system_category(), "serve_forever_workers");
+    begin_serving();
+    struct end_guard {
+      BaseServer* server;
+      ~end_guard() { server->end_serving(); }
+    } guard{this};
+    const int flags = ::fcntl(fileno(), F_GETFL);
+    ::fcntl(fileno(), F_SETFL, flags | O_NONBLOCK);
+    struct restore_flags {
+      int fd, flags;
+      ~restore_flags() { ::fcntl(fd, F_SETFL, flags); }
+    } restore{fileno(), flags};
+
+    int stop_pipe[2];
+    if (::pipe2(stop_pipe, O_CLOEXEC) < 0) detail::throw_errno("pipe");
+    socketserver::socket stop_read(stop_pipe[0]), stop_write(stop_pipe[1]);
+
+    using clock = std::chrono::steady_clock;
+    struct worker {
+      clock::time_point started;
+      socketserver::socket pidfd;  // readable once the worker has exited (-1 if unsupported)
+    };
+    std::map<pid_t, worker> running;
+    std::vector<clock::time_point> respawn_at;  // replacements waiting out a crash loop
+    auto spawn = [&] {
+      std::fflush(nullptr);
+      const pid_t pid = fork_server_process();
+      if (pid < 0) detail::throw_errno("fork");
+      if (pid == 0) {
+        stop_write.close();
+        run_worker(stop_read.fileno(), poll_interval);
+      }
+      running[pid] = worker{clock::now(), socketserver::socket(detail::open_pidfd(pid))};
+    };
+    auto stop_workers = [&] {
+      stop_write.close();  // every worker sees end of file and stops
+      for (auto& [pid, w] : running) {
+        int status = 0;
+        detail::retry_on_eintr([&, p = pid] { return ::waitpid(p, &status, 0); });
+      }
+      running.clear();
+    };
+    try {
+      for (std::size_t i = 0; i < workers; ++i) spawn();
+      std::vector<pollfd> fds;
+      while (!shutdown_requested()) {
+        fds.assign(1, pollfd{wakeup_.fileno(), POLLIN, 0});
+        for (auto& [pid, w] : running)
+          if (w.pidfd.is_open()) fds.push_back(pollfd{w.pidfd.fileno(), POLLIN, 0});
+        timeout_type wait = poll_interval;
+        for (auto due : respawn_at)
+          wait = std::min<std::chrono::duration<double>>(*wait, due - clock::now());
+        if (*wait < std::chrono::duration<double>::zero()) wait = std::chrono::duration<double>(0);
+        detail::poll_for(fds.data(), fds.size(), wait);
+        if (shutdown_requested()) break;
+        for (auto it = running.begin(); it != running.end();) {
+          int status = 0;
+          if (::waitpid(it->first, &status, WNOHANG) != it->first) {
+            ++it;
+            continue;
+          }
+          const bool short_lived = clock::now() - it->second.started < std::chrono::seconds(1);
+          respawn_at.push_back(short_lived ? it->second.started + std::chrono::seconds(1)
+                                           : clock::now());
+          it = running.erase(it);
+        }
+        for (auto it = respawn_at.begin(); it != respawn_at.end();) {
+          if (*it > clock::now()) {
+            ++it;
+            continue;
+          }
+          try {
+            spawn();
+            it = respawn_at.erase(it);
+          } catch (const std::system_error& e) {  // e.g. EAGAIN: try again next time
+            std::fprintf(stderr, "socketserver: cannot replace a worker: %s\n", e.what());
+            *it = clock::now() + std::chrono::seconds(1);
+            ++it;
+          }
+        }
+        derived().service_actions();
+      }
+    } catch (...) {
+      stop_workers();
+      throw;
+    }
+    stop_workers();
   }
 
   /// Handles one request, waiting at most `timeout` (or the socket's own timeout, whichever
@@ -300,6 +430,27 @@ class BaseServer : public server_base {
   }
 
  private:
+  // A prefork worker's life, in the child: serve until the supervisor's pipe closes, close
+  // (waiting for the worker's own threads or children), leave.
+  [[noreturn]] void run_worker(int stop_fd, std::chrono::duration<double> poll_interval) {
+    stop_fd_ = stop_fd;
+    int status = 0;
+    try {
+      serve_forever(poll_interval);
+    } catch (...) {
+      std::fprintf(stderr, "socketserver: worker %ld stopped: %s\n", static_cast<long>(::getpid()),
+                   detail::describe_current_exception().c_str());
+      status = 1;
+    }
+    try {
+      derived().server_close();
+    } catch (...) {
+      status = 1;
+    }
+    std::fflush(nullptr);
+    ::_exit(status);
+  }
+
   void on_get_request_error(const std::system_error& error) {
     if (detail::is_transient(error.code())) return;
     count(counters_.get_request_errors);

@@ -2,13 +2,13 @@
 // ForkingMixIn: a child process per request.
 #pragma once
 
-#include <poll.h>         // poll, pollfd
-#include <signal.h>       // kill, SIGTERM
-#include <sys/syscall.h>  // SYS_pidfd_open
-#include <sys/types.h>    // pid_t
-#include <sys/wait.h>     // waitpid, WNOHANG
-#include <unistd.h>       // fork, _exit, close, syscall
+#include <poll.h>       // poll, pollfd
+#include <signal.h>     // kill, SIGTERM
+#include <sys/types.h>  // pid_t
+#include <sys/wait.h>   // waitpid, WNOHANG
+#include <unistd.h>     // fork, _exit, close, syscall
 
+#include <algorithm>     // std::min
 #include <chrono>        // std::chrono::seconds
 #include <cstddef>       // std::size_t
 #include <cstdio>        // std::fflush
@@ -19,6 +19,7 @@
 #include <vector>        // std::vector
 
 #include "address.hpp"
+#include "base_server.hpp"  // detail::open_pidfd
 #include "detail/poll.hpp"
 #include "error.hpp"
 #include "server_base.hpp"  // strict_bool
@@ -157,11 +158,10 @@ class ForkingMixIn : public Base {
   // without reaping it (that is collect_children's job) and without touching other children
   // of the process.
   void wait_for_any_child(timeout_type limit = std::nullopt) {
-#if defined(SYS_pidfd_open)
     std::vector<pollfd> fds;
     for (pid_t pid : active_children) {
-      const long fd = ::syscall(SYS_pidfd_open, pid, 0);
-      if (fd >= 0) fds.push_back({static_cast<int>(fd), POLLIN, 0});
+      const int fd = detail::open_pidfd(pid);
+      if (fd >= 0) fds.push_back({fd, POLLIN, 0});
     }
     if (fds.size() == active_children.size()) {
       try {
@@ -172,9 +172,12 @@ class ForkingMixIn : public Base {
       return;
     }
     for (const pollfd& p : fds) ::close(p.fd);
-#endif
-    // No pidfds (old kernel, or a child already reaped elsewhere): wait for the oldest.
-    if (limit) return;  // a bounded wait cannot block in waitpid(): let the caller poll
+    // No pidfds (old kernel, or a child already reaped elsewhere): wait for the oldest. A
+    // bounded wait cannot block in waitpid(): pause briefly and let the caller look again.
+    if (limit) {
+      ::poll(nullptr, 0, static_cast<int>(std::min(10.0, limit->count() * 1000)));
+      return;
+    }
     int status = 0;
     const pid_t pid = *active_children.begin();
     if (detail::retry_on_eintr([&] { return ::waitpid(pid, &status, 0); }) == pid) {

@@ -2,11 +2,15 @@
 // server_base: what every server has whatever its types (socket, timeout, serve/shutdown).
 #pragma once
 
+#include <sys/types.h>  // pid_t
+#include <unistd.h>     // fork
+
 #include <atomic>              // std::atomic
 #include <condition_variable>  // std::condition_variable
 #include <cstdint>             // std::uint64_t
 #include <mutex>               // std::mutex, std::unique_lock, std::lock_guard
 #include <stdexcept>           // std::logic_error
+#include <string>              // std::string
 #include <thread>              // std::this_thread, std::thread::id
 #include <type_traits>         // std::enable_if_t, std::is_same_v
 
@@ -140,6 +144,28 @@ class server_base {
   counters counters_;
 
   detail::wakeup wakeup_;
+  // A descriptor whose readability (or hang-up) also stops serve_forever(): a prefork
+  // worker's end of the pipe its supervisor closes. -1: none.
+  int stop_fd_ = -1;
+  // The Unix socket file this server created and removes when it closes.
+  std::string owned_path_;
+
+  // fork() for a child that will serve: the serve/shutdown state is locked while the
+  // process is copied, then the child gets its own wake-up descriptor and state (it serves
+  // nothing yet, and does not own the socket file).
+  pid_t fork_server_process() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    const pid_t pid = ::fork();
+    lock.unlock();
+    if (pid == 0) {
+      wakeup_.reset();
+      serving_ = false;
+      shutdown_request_ = false;
+      completed_loops_ = 0;
+      owned_path_.clear();
+    }
+    return pid;
+  }
 
  private:
   mutable std::mutex mutex_;

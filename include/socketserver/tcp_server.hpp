@@ -117,7 +117,7 @@ class basic_tcp_server : public BaseServer<Derived, Handler, Request> {
             ::bind(this->fileno(), target.data(), target.size()) == 0))
         detail::throw_error({err, std::system_category()}, "bind " + target.to_string());
     }
-    if (!path.empty() && path[0] != '\0') bound_path_ = path;
+    if (!path.empty() && path[0] != '\0') this->owned_path_ = path;
     this->server_address = this->socket.getsockname();
   }
 
@@ -152,14 +152,11 @@ class basic_tcp_server : public BaseServer<Derived, Handler, Request> {
   /// it behind). Calling it again does nothing. May be overridden.
   void server_close() noexcept {
     this->socket.close();
-    if (!bound_path_.empty()) {
-      ::unlink(bound_path_.c_str());
-      bound_path_.clear();
+    if (!this->owned_path_.empty()) {
+      ::unlink(this->owned_path_.c_str());
+      this->owned_path_.clear();
     }
   }
-
- private:
-  std::string bound_path_;  // the Unix socket file to remove on close
 };
 
 }  // namespace socketserver

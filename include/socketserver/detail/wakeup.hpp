@@ -18,22 +18,16 @@ namespace detail {
 
 class wakeup {
  public:
-  wakeup() {
-#if defined(__linux__)
-    read_fd_ = write_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (read_fd_ < 0) throw_errno("eventfd");
-#else
-    int fds[2];
-    if (::pipe2(fds, O_CLOEXEC | O_NONBLOCK) < 0) throw_errno("pipe");
-    read_fd_ = fds[0];
-    write_fd_ = fds[1];
-#endif
-  }
+  wakeup() { open(); }
   wakeup(const wakeup&) = delete;
   wakeup& operator=(const wakeup&) = delete;
-  ~wakeup() {
-    if (write_fd_ != read_fd_) ::close(write_fd_);
-    ::close(read_fd_);
+  ~wakeup() { close(); }
+
+  /// A fresh descriptor, not shared with the parent: for a forked child, whose copy of the
+  /// old one would wake the parent's loop and every other child's.
+  void reset() {
+    close();
+    open();
   }
 
   /// The descriptor to poll for POLLIN.
@@ -54,6 +48,23 @@ class wakeup {
   }
 
  private:
+  void open() {
+#if defined(__linux__)
+    read_fd_ = write_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (read_fd_ < 0) throw_errno("eventfd");
+#else
+    int fds[2];
+    if (::pipe2(fds, O_CLOEXEC | O_NONBLOCK) < 0) throw_errno("pipe");
+    read_fd_ = fds[0];
+    write_fd_ = fds[1];
+#endif
+  }
+  void close() noexcept {
+    if (write_fd_ != read_fd_ && write_fd_ >= 0) ::close(write_fd_);
+    if (read_fd_ >= 0) ::close(read_fd_);
+    read_fd_ = write_fd_ = -1;
+  }
+
   int read_fd_ = -1;
   int write_fd_ = -1;
 };

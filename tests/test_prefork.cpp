@@ -1,0 +1,133 @@
+// SPDX-License-Identifier: MIT
+// Prefork (serve_forever_workers): worker processes sharing one listening socket, a
+// supervisor that replaces dead workers, and a clean stop on shutdown().
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <set>
+#include <string>
+#include <thread>
+
+#include "catch.hpp"
+#include "support/harness.hpp"
+
+namespace {
+
+// Replies with the worker's pid; "crash" makes the worker die as a crashed process would.
+struct Pid : socketserver::StreamRequestHandler<> {
+  void handle() {
+    const std::string line = rfile.readline();
+    if (line == "crash\n") ::_exit(3);
+    wfile.write(std::to_string(::getpid()) + "\n");
+  }
+};
+
+std::string ask(const socketserver::address& to, const std::string& line) {
+  socketserver::socket c = test::connect_to(to);
+  c.sendall(line);
+  c.shutdown(SHUT_WR);
+  return test::recv_all(c);
+}
+
+long pid_of(const std::string& reply) { return reply.empty() ? 0 : std::stol(reply); }
+
+// Runs serve_forever_workers() in a thread; shutdown() and join when destroyed.
+template <class Server>
+class Workers {
+ public:
+  Workers(Server& server, std::size_t n)
+      : server_(server), thread_([this, n] {
+          try {
+            server_.serve_forever_workers(n, std::chrono::milliseconds(50));
+          } catch (...) {
+            error_ = std::current_exception();
+          }
+        }) {}
+  ~Workers() { stop(); }
+  void stop() {
+    if (!thread_.joinable()) return;
+    server_.shutdown();
+    thread_.join();
+  }
+  std::exception_ptr error() const { return error_; }
+
+ private:
+  Server& server_;
+  std::exception_ptr error_;
+  std::thread thread_;
+};
+
+}  // namespace
+
+TEST_CASE("prefork workers serve on the shared socket", "[prefork]") {
+  socketserver::TCPServer<Pid> server({"127.0.0.1", 0});
+  std::set<long> pids;
+  {
+    Workers<decltype(server)> workers(server, 2);
+    for (int i = 0; i < 40; ++i) {
+      const long pid = pid_of(ask(server.server_address, "who\n"));
+      REQUIRE(pid > 0);
+      CHECK(pid != ::getpid());
+      pids.insert(pid);
+    }
+    workers.stop();
+    CHECK_FALSE(workers.error());
+  }
+  CHECK(pids.size() <= 2);
+  CHECK_FALSE(test::has_children());  // every worker was reaped
+  CHECK(server.fileno() >= 0);        // the parent's socket stays open until server_close()
+}
+
+TEST_CASE("a crashed prefork worker is replaced", "[prefork]") {
+  socketserver::TCPServer<Pid> server({"127.0.0.1", 0});
+  Workers<decltype(server)> workers(server, 1);
+  const long first = pid_of(ask(server.server_address, "who\n"));
+  REQUIRE(first > 0);
+  CHECK(ask(server.server_address, "crash\n").empty());
+  // The replacement serves (the listen backlog keeps the connection until it is up).
+  const long second = pid_of(ask(server.server_address, "who\n"));
+  CHECK(second > 0);
+  CHECK(second != first);
+  workers.stop();
+  CHECK_FALSE(test::has_children());
+}
+
+TEST_CASE("prefork on a Unix socket leaves the socket file to the parent", "[prefork][unix]") {
+  test::TempDir dir;
+  const std::string path = dir.file("prefork.sock");
+  socketserver::UnixStreamServer<Pid> server(path);
+  {
+    Workers<decltype(server)> workers(server, 2);
+    CHECK(pid_of(ask(server.server_address, "who\n")) > 0);
+  }
+  CHECK(test::file_exists(path));  // workers exiting did not remove it
+  server.server_close();
+  CHECK_FALSE(test::file_exists(path));
+}
+
+#if defined(__SANITIZE_THREAD__)
+#  define SOCKETSERVER_TEST_TSAN 1
+#elif defined(__has_feature)
+#  if __has_feature(thread_sanitizer)
+#    define SOCKETSERVER_TEST_TSAN 1
+#  endif
+#endif
+
+TEST_CASE("prefork workers with threads inside each", "[prefork][threading]") {
+#if defined(SOCKETSERVER_TEST_TSAN)
+  // ThreadSanitizer cannot start threads in a child forked from a threaded process.
+  WARN("skipped under ThreadSanitizer");
+  return;
+#endif
+  socketserver::ThreadingTCPServer<Pid> server({"127.0.0.1", 0});
+  Workers<decltype(server)> workers(server, 2);
+  for (int i = 0; i < 10; ++i) CHECK(pid_of(ask(server.server_address, "who\n")) > 0);
+  workers.stop();
+  CHECK_FALSE(test::has_children());
+}
+
+TEST_CASE("serve_forever_workers rejects zero workers", "[prefork]") {
+  socketserver::TCPServer<Pid> server({"127.0.0.1", 0});
+  CHECK_THROWS_AS(server.serve_forever_workers(0), std::invalid_argument);
+}
