@@ -49,16 +49,22 @@ class address {
   /// @throws std::system_error (ENAMETOOLONG) if the path does not fit in sockaddr_un.
   address(std::string_view path) : address() {  // NOLINT: implicit, like Python's str
     sockaddr_un un{};
-    if (path.size() >= sizeof un.sun_path)
-      throw std::system_error(std::make_error_code(std::errc::filename_too_long),
-                              "AF_UNIX path too long (" + std::to_string(path.size()) +
-                                  " bytes, the limit is " + std::to_string(sizeof un.sun_path - 1) +
-                                  "): " + std::string(path));
+    // A filesystem path needs its terminating '\0' inside sun_path; an abstract name
+    // (leading '\0') is counted by length and may fill it. "" asks the kernel to pick a
+    // unique abstract name when bound (Linux's autobind), as in Python.
+    const bool abstract = !path.empty() && path[0] == '\0';
+    if (path.size() > sizeof un.sun_path - (abstract ? 0 : 1)) {
+      std::string shown(path);
+      if (abstract) shown[0] = '@';
+      throw std::system_error(
+          std::make_error_code(std::errc::filename_too_long),
+          "AF_UNIX path too long (" + std::to_string(path.size()) + " bytes, the limit is " +
+              std::to_string(sizeof un.sun_path - (abstract ? 0 : 1)) + "): " + shown);
+    }
     un.sun_family = AF_UNIX;
     std::memcpy(un.sun_path, path.data(), path.size());
-    const bool abstract = !path.empty() && path[0] == '\0';
-    size_ =
-        static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + path.size() + (abstract ? 0 : 1));
+    size_ = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + path.size() +
+                                   (abstract || path.empty() ? 0 : 1));
     std::memcpy(&storage_, &un, sizeof un);
   }
   address(const char* path) : address(std::string_view(path)) {}         // NOLINT: implicit

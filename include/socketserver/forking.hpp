@@ -65,20 +65,10 @@ class ForkingMixIn : public Base {
   /// Reaps children that have exited; first, while max_children are running, waits for one
   /// to exit. With blocking = true, waits for all of them.
   void collect_children(bool blocking = false) {
-    while (active_children.size() >= max_children && !active_children.empty()) wait_for_any_child();
-    for (auto it = active_children.begin(); it != active_children.end();) {
-      int status = 0;
-      const pid_t pid =
-          detail::retry_on_eintr([&] { return ::waitpid(*it, &status, blocking ? 0 : WNOHANG); });
-      if (pid == *it) {
-        this->count_completed(!WIFEXITED(status) || WEXITSTATUS(status) != 0);
-        it = active_children.erase(it);
-      } else if (pid < 0 && errno == ECHILD) {  // reaped by someone else: outcome unknown
-        this->count_completed(false);
-        it = active_children.erase(it);
-      } else {
-        ++it;
-      }
+    reap(blocking);
+    while (!active_children.empty() && active_children.size() >= max_children) {
+      wait_for_any_child();
+      reap(false);
     }
   }
 
@@ -154,6 +144,24 @@ class ForkingMixIn : public Base {
   }
 
  private:
+  // Reaps our children that have exited (all of them, waiting, when blocking).
+  void reap(bool blocking) {
+    for (auto it = active_children.begin(); it != active_children.end();) {
+      int status = 0;
+      const pid_t pid =
+          detail::retry_on_eintr([&] { return ::waitpid(*it, &status, blocking ? 0 : WNOHANG); });
+      if (pid == *it) {
+        this->count_completed(!WIFEXITED(status) || WEXITSTATUS(status) != 0);
+        it = active_children.erase(it);
+      } else if (pid < 0 && errno == ECHILD) {  // reaped by someone else: outcome unknown
+        this->count_completed(false);
+        it = active_children.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+
   // Blocks until at least one of our children has exited (or `limit` has passed),
   // without reaping it (that is collect_children's job) and without touching other children
   // of the process.

@@ -100,13 +100,16 @@ class Serving {
           } catch (...) {
             error_ = std::current_exception();
           }
+          ended_ = true;
         }) {}
   Serving(const Serving&) = delete;
   Serving& operator=(const Serving&) = delete;
   ~Serving() { stop(); }
   void stop() {
     if (thread_.joinable()) {
-      server_.shutdown();
+      // A loop that already ended (by an exception) needs no shutdown(), which would stay
+      // pending and stop the server's next serve_forever() at once.
+      if (!ended_) server_.shutdown();
       thread_.join();
     }
   }
@@ -115,6 +118,7 @@ class Serving {
  private:
   Server& server_;
   std::exception_ptr error_;
+  std::atomic<bool> ended_{false};
   std::thread thread_;
 };
 

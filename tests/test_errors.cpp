@@ -1,0 +1,567 @@
+// SPDX-License-Identifier: MIT
+// Errors: what a server that cannot bind throws (and that it leaks nothing), servers used
+// after server_close(), clients that vanish mid-reply, get_request() failures and a
+// handle_error() that throws (CPython's test_socketserver: test_tcpserver_bind_leak,
+// ErrorHandlerTest; the reference's error-flow summary, section 1.10).
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <system_error>
+#include <thread>
+#include <utility>
+
+#include "catch.hpp"
+#include "support/harness.hpp"
+
+namespace {
+
+namespace ss = socketserver;
+using namespace std::chrono_literals;
+
+bool contains(const std::string& haystack, const std::string& needle) {
+  return haystack.find(needle) != std::string::npos;
+}
+
+/// Redirects file descriptor 2 to a temporary file until finish(), which returns what was
+/// written.
+class StderrCapture {
+ public:
+  StderrCapture() : file_(std::tmpfile()) {
+    if (file_ == nullptr) throw std::system_error(errno, std::system_category(), "tmpfile");
+    std::fflush(stderr);
+    saved_ = ::dup(STDERR_FILENO);
+    ::dup2(::fileno(file_), STDERR_FILENO);
+  }
+  StderrCapture(const StderrCapture&) = delete;
+  StderrCapture& operator=(const StderrCapture&) = delete;
+  ~StderrCapture() {
+    restore();
+    std::fclose(file_);
+  }
+  std::string finish() {
+    restore();
+    std::string out;
+    std::rewind(file_);
+    char buf[4096];
+    for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, file_)) > 0;) out.append(buf, n);
+    return out;
+  }
+
+ private:
+  void restore() {
+    if (saved_ < 0) return;
+    std::fflush(stderr);
+    ::dup2(saved_, STDERR_FILENO);
+    ::close(saved_);
+    saved_ = -1;
+  }
+  std::FILE* file_;
+  int saved_ = -1;
+};
+
+struct StreamEcho : ss::StreamRequestHandler<> {
+  void handle() { wfile.write(rfile.read()); }
+};
+struct DatagramEcho : ss::DatagramRequestHandler<> {
+  void handle() { wfile.write(rfile.read()); }
+};
+template <class K>
+using Echo = std::conditional_t<K::stream, StreamEcho, DatagramEcho>;
+
+struct V6Server : ss::TCPServer<StreamEcho, V6Server> {
+  using base = ss::TCPServer<StreamEcho, V6Server>;
+  using base::base;
+  static constexpr int address_family = AF_INET6;
+};
+
+/// Runs `make` (which should throw std::system_error) and returns the error.
+template <class Make>
+std::system_error construction_error(Make make) {
+  try {
+    make();
+  } catch (const std::system_error& e) {
+    return e;
+  }
+  FAIL("no std::system_error was thrown");
+  throw std::logic_error("unreachable");
+}
+
+// --- A client that resets its connection while the handler is still writing ----------
+
+struct ResetServer;
+struct ResetHandler : ss::StreamRequestHandler<ResetServer> {
+  void handle();
+};
+struct ResetServer : ss::TCPServer<ResetHandler, ResetServer> {
+  using base = ss::TCPServer<ResetHandler, ResetServer>;
+  using base::base;
+  std::mutex m;
+  std::condition_variable cv;
+  bool handler_read = false;  // the handler has read the client's line
+  bool client_gone = false;   // the client has reset the connection
+  int errors = 0;
+  std::error_code error;
+  std::size_t bytes_written = 0;
+
+  void handle_error(ss::socket& /*request*/, const ss::address& /*client*/) {
+    ++errors;
+    try {
+      throw;
+    } catch (const std::system_error& e) {
+      error = e.code();
+    } catch (...) {
+    }
+  }
+};
+void ResetHandler::handle() {
+  const std::string line = rfile.readline();
+  if (line != "reset\n") {
+    wfile.write("fine\n");
+    return;
+  }
+  {
+    std::unique_lock<std::mutex> lock(server.m);
+    server.handler_read = true;
+    server.cv.notify_all();
+    server.cv.wait_for(lock, 10s, [&] { return server.client_gone; });
+  }
+  // The peer is gone: a write fails (ECONNRESET, then EPIPE) rather than raising SIGPIPE.
+  // Bounded: 16 MiB at most, far more than the socket buffers hold.
+  const std::string chunk(16384, 'x');
+  for (int i = 0; i < 1024; ++i) {
+    wfile.write(chunk);
+    server.bytes_written += chunk.size();
+  }
+}
+
+// --- get_request() failures -----------------------------------------------------------------
+
+struct FlakyServer : ss::TCPServer<StreamEcho, FlakyServer> {
+  using base = ss::TCPServer<StreamEcho, FlakyServer>;
+  using base::base;
+  int fail_with = 0;  // the errno the next get_request() fails with
+  int get_requests = 0;
+  std::pair<ss::socket, ss::address> get_request() {
+    ++get_requests;
+    if (const int err = std::exchange(fail_with, 0))
+      throw std::system_error(err, std::system_category(), "accept");
+    return base::get_request();
+  }
+};
+struct ReportingFlakyServer : ss::TCPServer<StreamEcho, ReportingFlakyServer> {
+  using base = ss::TCPServer<StreamEcho, ReportingFlakyServer>;
+  using base::base;
+  int fail_with = 0;
+  int reported = 0;
+  std::error_code last;
+  std::pair<ss::socket, ss::address> get_request() {
+    if (const int err = std::exchange(fail_with, 0))
+      throw std::system_error(err, std::system_category(), "accept");
+    return base::get_request();
+  }
+  void handle_get_request_error(const std::system_error& e) {
+    ++reported;
+    last = e.code();
+  }
+};
+
+// --- handle_error() that throws -------------------------------------------------------------
+
+struct StrictServer;
+struct StrictHandler : ss::StreamRequestHandler<StrictServer> {
+  void handle() {
+    const std::string message = rfile.read();
+    if (message == "fail") throw std::runtime_error("handler failed");
+    wfile.write(message);
+  }
+};
+struct StrictServer : ss::TCPServer<StrictHandler, StrictServer> {
+  using base = ss::TCPServer<StrictHandler, StrictServer>;
+  using base::base;
+  void handle_error(ss::socket& /*request*/, const ss::address& /*client*/) {
+    throw std::logic_error("handle_error refuses");
+  }
+};
+
+// server_activate() fails after server_bind() succeeded.
+template <class K>
+struct FailingActivateServer : K::template server<Echo<K>, FailingActivateServer<K>> {
+  using base = typename K::template server<Echo<K>, FailingActivateServer<K>>;
+  using base::base;
+  void server_activate() { throw std::runtime_error("activate failed"); }
+};
+
+}  // namespace
+
+// --- Binding -----------------------------------------------------------------------------------
+
+TEST_CASE("binding a port in use throws address_in_use and leaks nothing", "[errors][bind]") {
+  ss::TCPServer<StreamEcho> first({"127.0.0.1", 0});
+  const int port = first.server_address.port();
+  const int baseline = test::open_fd_count();
+  const std::system_error e =
+      construction_error([&] { ss::TCPServer<StreamEcho> second({"127.0.0.1", port}); });
+  CHECK(e.code() == std::errc::address_in_use);
+  CHECK(std::string(e.what()) ==
+        "bind 127.0.0.1:" + std::to_string(port) + ": Address already in use");
+  CHECK(test::open_fd_count() == baseline);
+  // bpo-22435: the failed server closes its socket, however often it happens.
+  for (int i = 0; i < 200; ++i) {
+    try {
+      ss::TCPServer<StreamEcho> again({"127.0.0.1", port});
+    } catch (const std::system_error&) {
+    }
+  }
+  CHECK(test::open_fd_count() == baseline);
+  // The first server is untouched.
+  test::TempDir dir;
+  test::Serving<decltype(first)> serving(first);
+  CHECK(test::round_trip<test::TCP>(first.server_address, "first", dir) == "first");
+}
+
+TEST_CASE("binding a UDP port in use throws address_in_use", "[errors][bind]") {
+  ss::UDPServer<DatagramEcho> first({"127.0.0.1", 0});
+  const int port = first.server_address.port();
+  const int baseline = test::open_fd_count();
+  const std::system_error e =
+      construction_error([&] { ss::UDPServer<DatagramEcho> second({"127.0.0.1", port}); });
+  CHECK(e.code() == std::errc::address_in_use);
+  CHECK(std::string(e.what()) ==
+        "bind 127.0.0.1:" + std::to_string(port) + ": Address already in use");
+  CHECK(test::open_fd_count() == baseline);
+}
+
+TEST_CASE("an unknown host name throws a getaddrinfo error naming it", "[errors][resolve]") {
+  const int baseline = test::open_fd_count();
+  const std::system_error e = construction_error(
+      [&] { ss::TCPServer<StreamEcho> server({"no-such-host.invalid", 0}); });
+  INFO("what(): " << e.what());
+  CHECK(e.code().category() == ss::gai_category());
+  CHECK(std::string(e.code().category().name()) == "getaddrinfo");
+  CHECK(contains(e.what(), "no-such-host.invalid"));
+  CHECK(contains(e.what(), e.code().message()));
+  CHECK(test::open_fd_count() == baseline);
+}
+
+TEST_CASE("a port out of range throws std::out_of_range", "[errors][address]") {
+  CHECK_THROWS_AS(ss::address("127.0.0.1", -1), std::out_of_range);
+  CHECK_THROWS_AS(ss::address("127.0.0.1", 65536), std::out_of_range);
+  CHECK_THROWS_AS(ss::address("localhost", 70000), std::out_of_range);
+  CHECK_NOTHROW(ss::address("127.0.0.1", 65535));
+  CHECK(ss::address("127.0.0.1", 65535).port() == 65535);
+  const int baseline = test::open_fd_count();
+  // CPython's test_tcpserver_bind_leak: 1024 failed constructions leak nothing.
+  int thrown = 0;
+  for (int i = 0; i < 1024; ++i) {
+    try {
+      ss::TCPServer<StreamEcho> server({"127.0.0.1", -1});
+    } catch (const std::out_of_range&) {
+      ++thrown;
+    }
+  }
+  CHECK(thrown == 1024);
+  CHECK_THROWS_AS((ss::UDPServer<DatagramEcho>(ss::address("127.0.0.1", 65536))),
+                  std::out_of_range);
+  CHECK(test::open_fd_count() == baseline);
+}
+
+TEST_CASE("a Unix path too long for sockaddr_un is an error, not truncated", "[errors][unix]") {
+  const std::size_t limit = sizeof(sockaddr_un{}.sun_path) - 1;  // 107 on Linux
+  const std::string too_long = "/tmp/" + std::string(195, 'x');   // 200 characters
+  const int baseline = test::open_fd_count();
+  for (const std::string& path : {too_long, std::string("/tmp/") + std::string(limit - 4, 'y')}) {
+    INFO("path of " << path.size() << " characters");
+    const std::system_error e =
+        construction_error([&] { ss::UnixStreamServer<StreamEcho> server(path); });
+    INFO("what(): " << e.what());
+    CHECK(e.code() == std::errc::filename_too_long);
+    CHECK(contains(e.what(), std::to_string(limit)));
+    CHECK(contains(e.what(), std::to_string(path.size())));
+    CHECK_THROWS_AS(ss::UnixDatagramServer<DatagramEcho>(path), std::system_error);
+    CHECK_FALSE(test::file_exists(path));
+  }
+  CHECK(test::open_fd_count() == baseline);
+
+  // The longest path that fits works.
+  test::TempDir dir;
+  const std::string longest = dir.file(std::string(limit - dir.path().size() - 1, 'z'));
+  REQUIRE(longest.size() == limit);
+  ss::UnixStreamServer<StreamEcho> server(longest);
+  CHECK(server.server_address.path() == longest);
+  test::Serving<decltype(server)> serving(server);
+  CHECK(test::round_trip<test::UnixStream>(server.server_address, "fits", dir) == "fits");
+}
+
+// A too-long abstract name's message stops at its leading NUL when read as what() (a C
+// string), so it does not show the name; the address's own spelling ("@name") would.
+TEST_CASE("the error for a too-long abstract name shows the name",
+          "[errors][unix][abstract]") {
+  const std::string name = std::string(1, '\0') + std::string(200, 'n');
+  const std::system_error e =
+      construction_error([&] { ss::UnixStreamServer<StreamEcho> server(name); });
+  CHECK(e.code() == std::errc::filename_too_long);
+  const std::string what = e.what();  // what a catch block prints
+  INFO("what(): " << what);
+  CHECK(contains(what, "@nnnn"));
+}
+
+TEST_CASE("an address of another family throws address_family_not_supported",
+          "[errors][family]") {
+  const int baseline = test::open_fd_count();
+  SECTION("IPv6 address, AF_INET server") {
+    const std::system_error e =
+        construction_error([&] { ss::TCPServer<StreamEcho> server({"::1", 0}); });
+    INFO("what(): " << e.what());
+    CHECK(e.code() == std::errc::address_family_not_supported);
+    CHECK(contains(e.what(), "[::1]:0"));
+    CHECK(contains(e.what(), "AF_INET"));
+    CHECK_FALSE(contains(e.what(), "AF_INET6"));
+  }
+  SECTION("IPv4 address, AF_INET6 server") {
+    const std::system_error e =
+        construction_error([&] { V6Server server({"127.0.0.1", 0}); });
+    INFO("what(): " << e.what());
+    CHECK(e.code() == std::errc::address_family_not_supported);
+    CHECK(contains(e.what(), "127.0.0.1:0"));
+    CHECK(contains(e.what(), "AF_INET6"));
+  }
+  SECTION("IPv4 address, Unix server") {
+    const std::system_error e = construction_error(
+        [&] { ss::UnixStreamServer<StreamEcho> server(ss::address("127.0.0.1", 0)); });
+    INFO("what(): " << e.what());
+    CHECK(e.code() == std::errc::address_family_not_supported);
+    CHECK(contains(e.what(), "AF_UNIX"));
+  }
+  SECTION("Unix path, AF_INET datagram server") {
+    test::TempDir dir;
+    const std::string path = dir.file("inet.sock");
+    const std::system_error e =
+        construction_error([&] { ss::UDPServer<DatagramEcho> server(path); });
+    INFO("what(): " << e.what());
+    CHECK(e.code() == std::errc::address_family_not_supported);
+    CHECK(contains(e.what(), path));
+    CHECK(contains(e.what(), "AF_INET"));
+    CHECK_FALSE(test::file_exists(path));
+  }
+  CHECK(test::open_fd_count() == baseline);
+}
+
+TEMPLATE_TEST_CASE("a failing server_activate closes the socket and removes the file",
+                   "[errors][activate]", SOCKETSERVER_ALL_KINDS) {
+  // CPython: the constructor's bare except closes the server and re-raises whatever it got.
+  using K = TestType;
+  test::TempDir dir;
+  const ss::address where = K::bind_address(dir);
+  const int baseline = test::open_fd_count();
+  try {
+    FailingActivateServer<K> server(where);
+    FAIL("the constructor did not throw");
+  } catch (const std::runtime_error& e) {
+    CHECK(std::string(e.what()) == "activate failed");
+  }
+  CHECK(test::open_fd_count() == baseline);
+  if constexpr (K::family == AF_UNIX) CHECK_FALSE(test::file_exists(where.path()));
+  // The address is free again.
+  typename K::template server<Echo<K>> server(where);
+  test::Serving<decltype(server)> serving(server);
+  CHECK(test::round_trip<K>(server.server_address, "free", dir) == "free");
+}
+
+TEST_CASE("a Unix path in a missing directory names the path", "[errors][unix]") {
+  test::TempDir dir;
+  const std::string path = dir.file("missing/server.sock");
+  const int baseline = test::open_fd_count();
+  for (int datagram = 0; datagram < 2; ++datagram) {
+    const std::system_error e = construction_error([&] {
+      if (datagram)
+        ss::UnixDatagramServer<DatagramEcho> server(path);
+      else
+        ss::UnixStreamServer<StreamEcho> server(path);
+    });
+    INFO("what(): " << e.what());
+    CHECK(e.code() == std::errc::no_such_file_or_directory);
+    CHECK(contains(e.what(), path));
+    CHECK(contains(e.what(), "No such file or directory"));
+    CHECK(std::string(e.what()) == "bind " + path + ": No such file or directory");
+  }
+  CHECK(test::open_fd_count() == baseline);
+}
+
+// --- After server_close() ---------------------------------------------------------------------
+
+TEMPLATE_TEST_CASE("serve_forever and handle_request after server_close throw EBADF",
+                   "[errors][closed]", SOCKETSERVER_ALL_KINDS) {
+  using K = TestType;
+  test::TempDir dir;
+  typename K::template server<Echo<K>> server(K::bind_address(dir));
+  server.server_close();
+  for (int call = 0; call < 2; ++call) {
+    try {
+      if (call == 0)
+        server.serve_forever();
+      else
+        server.handle_request();
+      FAIL("no exception after server_close()");
+    } catch (const std::system_error& e) {
+      CHECK(e.code() == std::errc::bad_file_descriptor);
+    }
+    CHECK_FALSE(server.is_serving());
+  }
+  // A failed serve_forever() leaves no loop marked as running: another call fails the same
+  // way, not with "already running" (std::logic_error).
+  CHECK_THROWS_AS(server.serve_forever(), std::system_error);
+}
+
+// --- A client that vanishes -------------------------------------------------------------------
+
+TEST_CASE("writing to a client that reset the connection is an error, not SIGPIPE",
+          "[errors][sigpipe]") {
+  // The test proves something only if SIGPIPE would kill the process.
+  struct sigaction current {};
+  REQUIRE(::sigaction(SIGPIPE, nullptr, &current) == 0);
+  REQUIRE(current.sa_handler == SIG_DFL);
+
+  test::TempDir dir;
+  ResetServer server({"127.0.0.1", 0});
+  {
+    std::thread serving([&] { server.handle_request(); });
+    ss::socket c = test::connect_to(server.server_address);
+    c.sendall("reset\n");
+    {
+      std::unique_lock<std::mutex> lock(server.m);
+      REQUIRE(server.cv.wait_for(lock, 10s, [&] { return server.handler_read; }));
+    }
+    const linger abort_on_close{1, 0};  // close() sends RST
+    c.setsockopt(SOL_SOCKET, SO_LINGER, abort_on_close);
+    c.close();
+    {
+      std::lock_guard<std::mutex> lock(server.m);
+      server.client_gone = true;
+    }
+    server.cv.notify_all();
+    serving.join();
+  }
+  INFO("bytes written before the error: " << server.bytes_written);
+  CHECK(server.errors == 1);
+  const bool reset_or_pipe =
+      server.error == std::errc::connection_reset || server.error == std::errc::broken_pipe;
+  INFO("error: " << server.error.message());
+  CHECK(reset_or_pipe);
+  // Still alive, and still serving.
+  std::string reply;
+  std::thread serving([&] { server.handle_request(); });
+  reply = test::round_trip<test::TCP>(server.server_address, "next\n", dir);
+  serving.join();
+  CHECK(reply == "fine\n");
+  CHECK(server.errors == 1);
+}
+
+// --- get_request() failures ---------------------------------------------------------------------
+
+TEST_CASE("get_request failures: transient ones are dropped, others reported",
+          "[errors][get_request]") {
+  test::TempDir dir;
+  SECTION("an overridden handle_get_request_error") {
+    ReportingFlakyServer server({"127.0.0.1", 0});
+    std::string reply;
+    std::thread client(
+        [&] { reply = test::round_trip<test::TCP>(server.server_address, "late", dir); });
+    // The client's connection waits in the backlog while get_request() fails.
+    server.fail_with = ECONNABORTED;  // the client left before accept: CPython ignores it
+    server.handle_request();
+    CHECK(server.reported == 0);
+    server.fail_with = EMFILE;  // out of descriptors: reported
+    server.handle_request();
+    CHECK(server.reported == 1);
+    CHECK(server.last == std::errc::too_many_files_open);
+    server.handle_request();  // and now the connection is served
+    client.join();
+    CHECK(reply == "late");
+    CHECK(server.reported == 1);
+  }
+  SECTION("the default handle_get_request_error prints to stderr") {
+    FlakyServer server({"127.0.0.1", 0});
+    std::string reply;
+    std::thread client(
+        [&] { reply = test::round_trip<test::TCP>(server.server_address, "late", dir); });
+    server.fail_with = EINVAL;
+    StderrCapture capture;
+    server.handle_request();
+    const std::string err = capture.finish();
+    INFO("stderr: " << err);
+    CHECK(contains(err, server.server_address.to_string()));
+    CHECK(contains(err, std::error_code(EINVAL, std::system_category()).message()));
+    server.handle_request();
+    client.join();
+    CHECK(reply == "late");
+    CHECK(server.get_requests == 2);
+  }
+}
+
+// --- handle_error() that throws -----------------------------------------------------------------
+
+TEST_CASE("an exception from handle_error propagates out of handle_request",
+          "[errors][handle_error]") {
+  // CPython: "handle_error itself raises: propagates (in sync mode out of serve_forever)".
+  test::TempDir dir;
+  StrictServer server({"127.0.0.1", 0});
+  std::string failed_reply;
+  std::thread client(
+      [&] { failed_reply = test::round_trip<test::TCP>(server.server_address, "fail", dir); });
+  CHECK_THROWS_AS(server.handle_request(), std::logic_error);
+  client.join();  // the request was closed all the same: the client read end of stream
+  CHECK(failed_reply.empty());
+  // The server is still usable.
+  std::string reply;
+  std::thread second(
+      [&] { reply = test::round_trip<test::TCP>(server.server_address, "works", dir); });
+  server.handle_request();
+  second.join();
+  CHECK(reply == "works");
+}
+
+TEST_CASE("an exception from handle_error ends serve_forever, which can be restarted",
+          "[errors][handle_error]") {
+  test::TempDir dir;
+  StrictServer server({"127.0.0.1", 0});
+  std::exception_ptr error;
+  std::thread loop([&] {
+    try {
+      server.serve_forever(std::chrono::hours(1));
+    } catch (...) {
+      error = std::current_exception();
+    }
+  });
+  CHECK(test::round_trip<test::TCP>(server.server_address, "fail", dir).empty());
+  loop.join();  // no shutdown(): the exception ended the loop
+  REQUIRE(error);
+  CHECK_THROWS_AS(std::rethrow_exception(error), std::logic_error);
+  CHECK_FALSE(server.is_serving());
+  // (A shutdown() now would return at once but make the next serve_forever() return at
+  // once too, as in CPython; so none is called.)
+  test::Serving<StrictServer> serving(server, std::chrono::hours(1));
+  CHECK(test::round_trip<test::TCP>(server.server_address, "again", dir) == "again");
+}
+
+TEST_CASE("serve_forever reports an EMFILE from get_request and serves on",
+          "[errors][get_request]") {
+  test::TempDir dir;
+  ReportingFlakyServer server({"127.0.0.1", 0});
+  server.fail_with = EMFILE;  // the first accept fails; the connection stays queued
+  {
+    test::Serving<ReportingFlakyServer> serving(server, std::chrono::hours(1));
+    CHECK(test::round_trip<test::TCP>(server.server_address, "patient", dir) == "patient");
+    serving.stop();
+    CHECK_FALSE(serving.error());
+  }
+  CHECK(server.reported == 1);
+  CHECK(server.last == std::errc::too_many_files_open);
+}
