@@ -190,14 +190,11 @@ class StreamRequestHandler : public BaseRequestHandler<socket, Server>,
 
   /// Flushes wfile (a peer that has gone away is not an error here) and closes both files.
   void finish() {
-    if (!wfile.closed()) {
-      try {
-        wfile.flush();
-      } catch (const std::system_error&) {
-        // The client went away before reading its reply (bpo-14574): nothing to do.
-      }
+    try {
+      wfile.close();  // sends what is buffered
+    } catch (const std::system_error&) {
+      // The client went away before reading its reply (bpo-14574): nothing to do.
     }
-    wfile.close();
     rfile.close();
   }
 

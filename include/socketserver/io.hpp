@@ -26,7 +26,7 @@ class reader {
   static constexpr std::size_t default_buffer_size = 8192;
 
   /// A closed reader.
-  reader() = default;
+  reader() noexcept : closed_(true) {}
   /// Reads the bytes of `data`, then end of stream (Python's BytesIO).
   explicit reader(std::string data) : buffer_(std::move(data)), end_(buffer_.size()), eof_(true) {}
   /// Reads from `sock`. bufsize < 0 picks the default (8192); 0 reads unbuffered, never
@@ -230,8 +230,10 @@ class writer {
     } else if (bufsize_ == 0) {
       sock_.sendall(data);
     } else {
+      // As Python's BufferedWriter: what fits is buffered; otherwise the buffer is sent, then
+      // a write larger than the buffer goes out directly and a smaller one is buffered.
       if (buffer_.size() + data.size() > bufsize_) flush();
-      if (data.size() >= bufsize_)
+      if (data.size() > bufsize_)
         sock_.sendall(data);
       else
         buffer_.append(data);
@@ -240,20 +242,33 @@ class writer {
   }
 
   /// Sends what is buffered (nothing to do when unbuffered or collecting).
+  /// @throws std::logic_error on a closed writer; std::system_error if sending fails.
   void flush() {
+    if (closed_) throw std::logic_error("flush of closed writer");
+    send_buffered();
+  }
+
+  /// What a collecting writer has gathered.
+  const std::string& getvalue() const noexcept { return buffer_; }
+
+  /// Sends what is buffered (as Python's close() flushes) and closes. A collecting writer
+  /// keeps what it gathered for getvalue(). Closing twice does nothing.
+  /// @throws std::system_error if the final flush fails (the writer is closed anyway).
+  void close() {
+    if (closed_) return;
+    closed_ = true;
+    send_buffered();
+  }
+  bool closed() const noexcept { return closed_; }
+
+ private:
+  void send_buffered() {
     if (!sock_.is_open() || buffer_.empty()) return;
     std::string pending;
     pending.swap(buffer_);  // on failure the bytes are dropped, as the peer is gone
     sock_.sendall(pending);
   }
 
-  /// What a collecting writer has gathered.
-  const std::string& getvalue() const noexcept { return buffer_; }
-
-  void close() noexcept { closed_ = true; }
-  bool closed() const noexcept { return closed_; }
-
- private:
   socket_view sock_;
   std::size_t bufsize_ = 0;
   std::string buffer_;

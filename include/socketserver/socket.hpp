@@ -10,6 +10,7 @@
 #include <chrono>        // std::chrono::duration
 #include <cstddef>       // std::size_t
 #include <optional>      // std::optional
+#include <stdexcept>     // std::invalid_argument
 #include <string>        // std::string
 #include <string_view>   // std::string_view
 #include <system_error>  // std::error_code
@@ -109,7 +110,10 @@ class socket_view {
 
   /// Python's settimeout(): nullopt blocks, zero makes the socket non-blocking, a positive
   /// duration bounds each receive and send (SO_RCVTIMEO/SO_SNDTIMEO).
+  /// @throws std::invalid_argument for a negative timeout (the socket is left as it was).
   void settimeout(timeout_type timeout) const {
+    if (timeout && timeout->count() < 0)
+      throw std::invalid_argument("settimeout: timeout value out of range (negative)");
     const bool nonblocking = timeout && timeout->count() <= 0;
     set_nonblocking(nonblocking);
     timeval tv{};
