@@ -400,6 +400,18 @@ class BaseServer : public server_base {
  protected:
   Derived& derived() noexcept { return static_cast<Derived&>(*this); }
 
+  /// finish_request(), with an exception routed to handle_error() (called inside the catch
+  /// block); returns whether it failed. What a mix-in's worker thread does with a request.
+  bool finish_or_handle_error(Request& request, const address& client_address) {
+    try {
+      derived().finish_request(request, client_address);
+      return false;
+    } catch (...) {
+      derived().handle_error(request, client_address);
+      return true;
+    }
+  }
+
   /// Handles one request without blocking: get_request(), verify_request(),
   /// process_request(), with errors routed to handle_error() (Python's
   /// _handle_request_noblock).

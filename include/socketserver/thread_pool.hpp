@@ -71,13 +71,7 @@ class ThreadPoolMixIn : public Base {
   /// Runs one request on a worker: finish_request(), handle_error() if it threw, then
   /// shutdown_request() (the same steps as ThreadingMixIn's request thread).
   void process_request_thread(request_type& request, const address& client_address) {
-    bool failed = false;
-    try {
-      this->derived().finish_request(request, client_address);
-    } catch (...) {
-      failed = true;
-      this->derived().handle_error(request, client_address);
-    }
+    const bool failed = this->finish_or_handle_error(request, client_address);
     forget_serving_fd();
     this->derived().shutdown_request(request);
     this->count_completed(failed);

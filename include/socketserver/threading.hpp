@@ -87,13 +87,7 @@ class ThreadingMixIn : public Base {
   /// Same as BaseServer::process_request() but in the request's thread, with errors
   /// handled there: finish_request(), handle_error() if it threw, then shutdown_request().
   void process_request_thread(request_type& request, const address& client_address) {
-    bool failed = false;
-    try {
-      this->derived().finish_request(request, client_address);
-    } catch (...) {
-      failed = true;
-      this->derived().handle_error(request, client_address);
-    }
+    const bool failed = this->finish_or_handle_error(request, client_address);
     forget_connection(current_task_);
     this->derived().shutdown_request(request);
     this->count_completed(failed);
