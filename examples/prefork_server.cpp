@@ -2,7 +2,6 @@
 // The stream echo of the docs on every core: one worker process per CPU sharing the
 // listening socket, replaced if it dies, stopped cleanly by SIGTERM/SIGINT.
 // Usage: prefork_server [HOST] [PORT] [WORKERS]     (default: localhost 9999, one per core)
-#include <signal.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -27,12 +26,6 @@ struct Upper : socketserver::StreamRequestHandler<> {
 
 int main(int argc, char** argv) {
   try {
-    sigset_t stop;
-    sigemptyset(&stop);
-    sigaddset(&stop, SIGTERM);
-    sigaddset(&stop, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &stop, nullptr);
-
     const auto args = example::parse_server_args(argc, argv);
     const unsigned workers =
         argc > 3 ? static_cast<unsigned>(std::atoi(argv[3])) : std::thread::hardware_concurrency();
@@ -40,13 +33,8 @@ int main(int argc, char** argv) {
     std::printf("serving on %s with %u workers\n", server.server_address.to_string().c_str(),
                 workers);
     std::fflush(stdout);
-    std::thread signals([&] {
-      int sig = 0;
-      sigwait(&stop, &sig);
-      server.shutdown();
-    });
+    socketserver::shutdown_on_signals stop(server);  // SIGTERM or Ctrl-C
     server.serve_forever_workers(workers == 0 ? 1 : workers);
-    signals.join();
   } catch (const std::exception& e) {
     std::fprintf(stderr, "prefork_server: %s\n", e.what());
     return 1;

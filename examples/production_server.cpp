@@ -3,13 +3,10 @@
 // when started by systemd, a bounded thread pool, a clean stop on SIGTERM/SIGINT that
 // drains the requests in flight, and the request counters at exit.
 // Usage: production_server [HOST] [PORT]     (default: localhost 9999; Ctrl-C stops)
-#include <signal.h>
-
 #include <chrono>
 #include <cstdio>
 #include <exception>
 #include <string>
-#include <thread>
 
 #include <socketserver.hpp>
 
@@ -25,13 +22,6 @@ struct Upper : socketserver::StreamRequestHandler<> {
 
 int main(int argc, char** argv) {
   try {
-    // Block the stop signals before any thread starts: only the waiting thread sees them.
-    sigset_t stop;
-    sigemptyset(&stop);
-    sigaddset(&stop, SIGTERM);
-    sigaddset(&stop, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &stop, nullptr);
-
     const auto args = example::parse_server_args(argc, argv);
     socketserver::ThreadPoolTCPServer<Upper> server({args.host, args.port}, false);
     const std::vector<int> inherited = socketserver::listen_fds();
@@ -45,13 +35,8 @@ int main(int argc, char** argv) {
     std::printf("serving on %s\n", server.server_address.to_string().c_str());
     std::fflush(stdout);
 
-    std::thread signals([&] {
-      int sig = 0;
-      sigwait(&stop, &sig);
-      server.shutdown();
-    });
+    socketserver::shutdown_on_signals stop(server);  // SIGTERM or Ctrl-C
     server.serve_forever();
-    signals.join();
     const std::size_t cut = server.drain(std::chrono::seconds(10));
     const socketserver::server_stats s = server.stats();
     std::printf("stopped: %llu requests, %llu errors, %zu cut short\n",

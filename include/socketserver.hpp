@@ -12,6 +12,7 @@
 #include "socketserver/io.hpp"
 #include "socketserver/server_base.hpp"
 #include "socketserver/servers.hpp"
+#include "socketserver/signals.hpp"
 #include "socketserver/socket.hpp"
 #include "socketserver/tcp_server.hpp"
 #include "socketserver/thread_pool.hpp"

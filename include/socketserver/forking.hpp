@@ -3,6 +3,7 @@
 #pragma once
 
 #include <poll.h>       // poll, pollfd
+#include <pthread.h>    // pthread_sigmask
 #include <signal.h>     // kill, SIGTERM
 #include <sys/types.h>  // pid_t
 #include <sys/wait.h>   // waitpid, WNOHANG
@@ -96,8 +97,13 @@ class ForkingMixIn : public Base {
       this->derived().close_request(request);
       return;
     }
-    // drain() ends children with SIGTERM: whatever the parent does with it, a child ends.
+    // drain() ends children with SIGTERM: whatever the parent does with it (a handler, or
+    // blocked for shutdown_on_signals), a child ends.
     ::signal(SIGTERM, SIG_DFL);
+    sigset_t term;
+    sigemptyset(&term);
+    sigaddset(&term, SIGTERM);
+    pthread_sigmask(SIG_UNBLOCK, &term, nullptr);
     int status = 1;
     try {
       if constexpr (std::is_same_v<request_type, socketserver::socket>)

@@ -2,13 +2,10 @@
 // A backend for the load-balancer test: `named_echo NAME [PORT]` serves on 127.0.0.1,
 // prints its port once it is listening (the readiness signal), and answers each line with
 // "NAME: line". SIGTERM stops it (drained, so no request in flight is cut short).
-#include <signal.h>
-
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
-#include <thread>
 
 #include <socketserver.hpp>
 
@@ -27,21 +24,11 @@ int main(int argc, char** argv) {
     return 2;
   }
   name = argv[1];
-  sigset_t stop;
-  sigemptyset(&stop);
-  sigaddset(&stop, SIGTERM);
-  sigaddset(&stop, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &stop, nullptr);  // before any thread: only sigwait sees them
   socketserver::ThreadingTCPServer<Named> server({"127.0.0.1", argc > 2 ? std::atoi(argv[2]) : 0});
   std::printf("%u\n", server.server_address.port());
   std::fflush(stdout);
-  std::thread signals([&] {
-    int sig = 0;
-    sigwait(&stop, &sig);
-    server.shutdown();
-  });
+  socketserver::shutdown_on_signals stop(server);
   server.serve_forever();
-  signals.join();
   server.drain(std::chrono::seconds(5));
   return 0;
 }
