@@ -109,3 +109,23 @@ TEMPLATE_TEST_CASE("bind_and_activate=false defers binding to the caller", "[ser
   test::Serving<decltype(server)> serving(server);
   CHECK(test::round_trip<K>(server.server_address, "late\n", dir) == "late\n");
 }
+
+TEMPLATE_TEST_CASE("class-level policies have Python's defaults", "[servers][policies]",
+                   SOCKETSERVER_ALL_KINDS) {
+  using K = TestType;
+  using Server = typename K::template server<Echo<K>>;
+  STATIC_REQUIRE(std::is_same_v<typename Server::RequestHandlerClass, Echo<K>>);
+  STATIC_REQUIRE(std::is_same_v<typename Server::request_type, typename K::request_type>);
+  STATIC_REQUIRE(Server::address_family == K::family);
+  STATIC_REQUIRE(Server::socket_type == K::socket_type);
+  STATIC_REQUIRE(Server::request_queue_size == 5);
+  STATIC_REQUIRE_FALSE(Server::allow_reuse_address);
+  STATIC_REQUIRE_FALSE(Server::allow_reuse_port);
+  if constexpr (!K::stream) STATIC_REQUIRE(Server::max_packet_size == 8192);
+  test::TempDir dir;
+  Server server(K::bind_address(dir));
+  if constexpr (K::concurrency == test::Concurrency::forking)
+    CHECK(server.timeout == std::chrono::duration<double>(300));
+  else
+    CHECK_FALSE(server.timeout.has_value());
+}
