@@ -1,0 +1,117 @@
+// SPDX-License-Identifier: MIT
+// ours_server: this library's servers speaking the benchmark's line-echo protocol.
+//
+//   ours_server --type TYPE [--mode connrate|pingpong] [--port N | --unix PATH]
+//
+// TYPE is a Python class name: TCPServer, ThreadingTCPServer, ForkingTCPServer, UDPServer,
+// ThreadingUDPServer, UnixStreamServer, ThreadingUnixStreamServer, ForkingUnixStreamServer.
+// Stream servers in connrate mode read one line, write it back and close (the docs'
+// pattern); in pingpong mode they echo lines until the client closes. Datagram servers echo
+// each datagram. The server binds 127.0.0.1 (port 0 by default) or the Unix path, prints the
+// bound port or path on stdout when ready, and serves until SIGTERM or SIGINT.
+#include <cstdio>
+#include <exception>
+#include <string>
+#include <type_traits>
+#include <utility>
+
+#include <socketserver.hpp>
+
+#include "bench_util.hpp"
+
+namespace {
+
+namespace ss = socketserver;
+
+/// connrate: one line in, the same line out, then the server closes the connection.
+struct OneLine : ss::StreamRequestHandler<> {
+  void handle() { wfile.write(rfile.readline()); }
+};
+
+/// pingpong (and bulk): every line echoed until the client closes.
+struct Echo : ss::StreamRequestHandler<> {
+  void handle() {
+    for (const std::string& line : rfile) wfile.write(line);
+  }
+};
+
+/// udp: every datagram echoed to its sender (the docs' UDP handler, without upper()).
+struct DatagramEcho : ss::BaseRequestHandler<ss::datagram> {
+  void handle() { request.socket.sendto(request.data, client_address); }
+};
+
+/// The library's server `Server` as a user subclasses it: the same listen backlog as every
+/// other server in the benchmark (the default of 5, as CPython's, drops SYNs once 16 clients
+/// connect at once, and the benchmark would measure TCP retransmission timers).
+template <template <class, class> class Server, class Handler>
+class BenchServer final : public Server<Handler, BenchServer<Server, Handler>> {
+  using base = Server<Handler, BenchServer<Server, Handler>>;
+
+ public:
+  using base::base;
+  static constexpr int request_queue_size = 128;
+};
+
+template <class Server, class = void>
+struct has_daemon_threads : std::false_type {};
+template <class Server>
+struct has_daemon_threads<Server, std::void_t<decltype(std::declval<Server&>().daemon_threads)>>
+    : std::true_type {};
+
+template <class Server>
+int serve(const ss::address& where) {
+  Server server(where);
+  // Request threads must not keep the process alive after SIGTERM (CPython's usual setting
+  // for servers that are stopped from outside; the destructor ends them cleanly).
+  if constexpr (has_daemon_threads<Server>::value) server.daemon_threads = true;
+  const ss::address& bound = server.server_address;
+  bench::announce(bound.family() == AF_UNIX ? bound.path() : std::to_string(bound.port()));
+  bench::StopSignalWaiter stop([&] { server.shutdown(); });
+  server.serve_forever();
+  return 0;
+}
+
+template <template <class, class> class Server>
+int serve_stream(const std::string& mode, const ss::address& where) {
+  if (mode == "connrate") return serve<BenchServer<Server, OneLine>>(where);
+  return serve<BenchServer<Server, Echo>>(where);
+}
+
+int run(const bench::Args& args) {
+  const std::string type = args.choice(
+      "type",
+      {"TCPServer", "ThreadingTCPServer", "ForkingTCPServer", "UDPServer", "ThreadingUDPServer",
+       "UnixStreamServer", "ThreadingUnixStreamServer", "ForkingUnixStreamServer"},
+      "ThreadingTCPServer");
+  const std::string mode = args.choice("mode", {"connrate", "pingpong"}, "connrate");
+  const bool is_unix = type.find("Unix") != std::string::npos;
+  if (is_unix != args.has("unix")) bench::die("Unix servers take --unix PATH, the others --port");
+  const ss::address where = is_unix ? ss::address(args.str("unix", ""))
+                                    : ss::address("127.0.0.1", static_cast<int>(args.integer("port", 0)));
+
+  if (type == "TCPServer") return serve_stream<ss::tcp_server_t>(mode, where);
+  if (type == "ThreadingTCPServer") return serve_stream<ss::threading_tcp_server_t>(mode, where);
+  if (type == "ForkingTCPServer") return serve_stream<ss::forking_tcp_server_t>(mode, where);
+  if (type == "UnixStreamServer") return serve_stream<ss::basic_unix_stream_server>(mode, where);
+  if (type == "ThreadingUnixStreamServer")
+    return serve_stream<ss::threading_unix_stream_server_t>(mode, where);
+  if (type == "ForkingUnixStreamServer")
+    return serve_stream<ss::forking_unix_stream_server_t>(mode, where);
+  if (type == "UDPServer") return serve<BenchServer<ss::basic_udp_server, DatagramEcho>>(where);
+  return serve<BenchServer<ss::threading_udp_server_t, DatagramEcho>>(where);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  bench::block_stop_signals();  // before any thread exists: only the waiter sees SIGTERM
+  const bench::Args args(argc, argv, {"type", "mode", "port", "unix"},
+                         "usage: ours_server --type TYPE [--mode connrate|pingpong] "
+                         "[--port N | --unix PATH]");
+  try {
+    return run(args);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "ours_server: %s\n", e.what());
+    return 1;
+  }
+}
