@@ -19,6 +19,7 @@
 #include <stdexcept>     // std::invalid_argument
 #include <string>        // std::string, std::to_string
 #include <system_error>  // std::system_error
+#include <type_traits>   // std::false_type, std::void_t
 #include <typeinfo>      // typeid
 #include <utility>       // std::pair, std::move
 #include <vector>        // std::vector
@@ -118,6 +119,17 @@ inline int open_pidfd(pid_t pid) noexcept {
   return -1;
 }
 
+/// True when Server has the non-throwing get_request(request, client_address, ec) of the
+/// library's servers, i.e. Derived did not redefine get_request() (which hides it).
+template <class Server, class Request, class = void>
+struct has_nothrow_get_request : std::false_type {};
+template <class Server, class Request>
+struct has_nothrow_get_request<
+    Server, Request,
+    std::void_t<decltype(std::declval<Server&>().get_request(
+        std::declval<Request&>(), std::declval<address&>(), std::declval<std::error_code&>()))>>
+    : std::true_type {};
+
 }  // namespace detail
 
 /// Base class for server classes (Python's BaseServer), with the hooks as CRTP customisation
@@ -160,24 +172,50 @@ class BaseServer : public server_base {
     } guard{this};
     using clock = std::chrono::steady_clock;
     const int listen_fd = fileno();
+    // While requests keep coming, take the next one without polling first (an accept or
+    // receive that finds nothing costs what the poll would have). That needs a get_request
+    // that does not block and does not throw when nothing is waiting: the library's own,
+    // with a stream socket made non-blocking while serving.
+    // (A datagram server's get_request receives with MSG_DONTWAIT, and its socket stays
+    // blocking for the handlers' replies.)
+    bool eager = detail::has_nothrow_get_request<Derived, Request>::value;
+    struct restore_flags {
+      int fd = -1, flags = 0;
+      ~restore_flags() {
+        if (fd >= 0) ::fcntl(fd, F_SETFL, flags);
+      }
+    } restore;
+    if (eager && Derived::socket_type == SOCK_STREAM && listen_fd >= 0) {
+      const int flags = ::fcntl(listen_fd, F_GETFL);
+      if (flags >= 0 && (flags & O_NONBLOCK) == 0 &&
+          ::fcntl(listen_fd, F_SETFL, flags | O_NONBLOCK) == 0) {
+        restore.fd = listen_fd;  // (assigning a temporary would restore at once)
+        restore.flags = flags;
+      }
+      eager = flags >= 0 && (::fcntl(listen_fd, F_GETFL) & O_NONBLOCK) != 0;  // never block
+    }
     pollfd fds[3] = {{listen_fd, POLLIN, 0}, {wakeup_.fileno(), POLLIN, 0}, {stop_fd_, POLLIN, 0}};
+    int eager_streak = 0;  // requests taken without a poll: bounded, so wake-ups are seen
     while (!shutdown_requested()) {
       if (listen_fd < 0) throw std::system_error(EBADF, std::system_category(), "serve_forever");
-      timeout_type wait = poll_interval;
-      fds[0].fd = listen_fd;
-      if (accept_paused_until_ > clock::now()) {  // out of descriptors: wait, then try again
-        fds[0].fd = -1;                           // poll() skips it
-        wait = std::min<std::chrono::duration<double>>(poll_interval,
-                                                       accept_paused_until_ - clock::now());
-      }
-      for (pollfd& p : fds) p.revents = 0;
-      detail::poll_for(fds, 3, wait);
-      if (shutdown_requested() || fds[2].revents != 0) break;  // bpo-35017: none after shutdown
-      if (fds[0].revents != 0) {
+      if (eager_streak == 0) {
+        timeout_type wait = poll_interval;
+        fds[0].fd = listen_fd;
+        if (accept_paused_until_ > clock::now()) {  // out of descriptors: wait, then retry
+          fds[0].fd = -1;                           // poll() skips it
+          wait = std::min<std::chrono::duration<double>>(poll_interval,
+                                                         accept_paused_until_ - clock::now());
+        }
+        for (pollfd& p : fds) p.revents = 0;
+        detail::poll_for(fds, 3, wait);
+        if (shutdown_requested() || fds[2].revents != 0) break;  // bpo-35017: none after
         if (fds[0].revents & POLLNVAL)
           throw std::system_error(EBADF, std::system_category(), "serve_forever");
-        handle_request_noblock();
       }
+      const bool eagerly = eager_streak > 0;
+      const bool served = (eagerly || fds[0].revents != 0) && handle_request_noblock();
+      eager_streak = eager && served && eager_streak < 64 ? eager_streak + 1 : 0;
+      if (eagerly && !served) continue;  // nothing was waiting: poll, as if we had not looked
       derived().service_actions();
     }
   }
@@ -190,9 +228,9 @@ class BaseServer : public server_base {
   /// request it is handling, closes (waiting for its own threads or children) and exits;
   /// this returns when all have.
   ///
-  /// The workers share the one listening socket, made non-blocking while they serve, so a
-  /// worker woken for a connection another worker took goes back to waiting. (One socket
-  /// works for every family, Unix included, and never hands a connection to a worker that
+  /// The workers share the one listening socket (a stream socket is made non-blocking while
+  /// they serve), so a worker woken for a request another worker took goes back to waiting. (One
+  /// socket works for every family, Unix included, and never hands a connection to a worker that
   /// has exited; SO_REUSEPORT sockets would spread connections without the shared wake-up,
   /// but a connection queued on an exiting worker's socket is lost.) A worker that loses
   /// its parent stops as well. Each worker counts its own stats().
@@ -209,7 +247,7 @@ class BaseServer : public server_base {
       ~end_guard() { server->end_serving(); }
     } guard{this};
     const int flags = ::fcntl(fileno(), F_GETFL);
-    ::fcntl(fileno(), F_SETFL, flags | O_NONBLOCK);
+    if (Derived::socket_type == SOCK_STREAM) ::fcntl(fileno(), F_SETFL, flags | O_NONBLOCK);
     struct restore_flags {
       int fd, flags;
       ~restore_flags() { ::fcntl(fd, F_SETFL, flags); }
@@ -415,18 +453,28 @@ class BaseServer : public server_base {
   /// Handles one request without blocking: get_request(), verify_request(),
   /// process_request(), with errors routed to handle_error() (Python's
   /// _handle_request_noblock).
-  void handle_request_noblock() {
-    std::optional<std::pair<Request, address>> got;
-    try {
-      got.emplace(derived().get_request());
-      accept_pause_ = std::chrono::milliseconds(0);
-    } catch (const std::system_error& error) {
-      on_get_request_error(error);
-      return;
+  /// Returns whether there was a request (false when get_request() failed).
+  bool handle_request_noblock() {
+    Request request;
+    address client_address;
+    if constexpr (detail::has_nothrow_get_request<Derived, Request>::value) {
+      std::error_code ec;
+      if (!derived().get_request(request, client_address, ec)) {
+        on_get_request_error(ec);
+        return false;
+      }
+    } else {
+      try {
+        std::pair<Request, address> got = derived().get_request();
+        request = std::move(got.first);
+        client_address = std::move(got.second);
+      } catch (const std::system_error& error) {
+        on_get_request_error(error.code(), &error);
+        return false;
+      }
     }
+    accept_pause_ = std::chrono::milliseconds(0);
     count(counters_.accepted);
-    Request& request = got->first;
-    const address& client_address = got->second;
     if (derived().verify_request(request, client_address)) {
       try {
         derived().process_request(request, client_address);
@@ -439,6 +487,7 @@ class BaseServer : public server_base {
       count(counters_.rejected);
       derived().shutdown_request(request);
     }
+    return true;
   }
 
  private:
@@ -463,11 +512,15 @@ class BaseServer : public server_base {
     ::_exit(status);
   }
 
-  void on_get_request_error(const std::system_error& error) {
-    if (detail::is_transient(error.code())) return;
+  void on_get_request_error(const std::error_code& ec, const std::system_error* thrown = nullptr) {
+    if (detail::is_transient(ec)) return;
     count(counters_.get_request_errors);
-    derived().handle_get_request_error(error);
-    if (detail::is_resource_exhaustion(error.code())) {
+    if (thrown != nullptr)
+      derived().handle_get_request_error(*thrown);
+    else
+      derived().handle_get_request_error(
+          std::system_error(ec, Derived::socket_type == SOCK_STREAM ? "accept" : "recvfrom"));
+    if (detail::is_resource_exhaustion(ec)) {
       using namespace std::chrono;
       accept_pause_ = accept_pause_ == milliseconds(0)
                           ? milliseconds(10)

@@ -129,13 +129,28 @@ class basic_tcp_server : public BaseServer<Derived, Handler, Request> {
 
   /// Accepts a connection: returns the connected socket and the client's address.
   /// May be overridden.
+  /// @throws std::system_error
   std::pair<Request, address> get_request() {
-    address client;
+    std::pair<Request, address> got;
+    std::error_code ec;
+    if (!get_request(got.first, got.second, ec)) detail::throw_error(ec, "accept");
+    return got;
+  }
+  /// The same without exceptions: false, with ec set, if it failed. serve_forever() uses
+  /// this one (unless Derived redefines get_request()), so that finding no connection
+  /// waiting costs no exception.
+  bool get_request(Request& request, address& client_address, std::error_code& ec) {
     socklen_t len = address::capacity();
-    const int fd = ::accept4(this->fileno(), client.data(), &len, SOCK_CLOEXEC);
-    if (fd < 0) detail::throw_errno("accept");
-    client.resize(len);
-    return {Request(fd), std::move(client)};
+    const int fd = detail::retry_on_eintr(
+        [&] { return ::accept4(this->fileno(), client_address.data(), &len, SOCK_CLOEXEC); });
+    if (fd < 0) {
+      ec = detail::last_error();
+      return false;
+    }
+    client_address.resize(len);
+    request = Request(fd);
+    ec.clear();
+    return true;
   }
 
   /// Shuts the connection down for writing, then closes it. May be overridden.

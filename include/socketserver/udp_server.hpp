@@ -5,9 +5,11 @@
 #include <sys/socket.h>  // recvmsg, msghdr, MSG_TRUNC, MSG_DONTWAIT, SOCK_DGRAM
 #include <sys/uio.h>     // iovec
 
-#include <cstddef>  // std::size_t
-#include <string>   // std::string
-#include <utility>  // std::pair
+#include <cstddef>       // std::size_t
+#include <memory>        // std::unique_ptr
+#include <string>        // std::string
+#include <system_error>  // std::error_code
+#include <utility>       // std::pair
 
 #include "address.hpp"
 #include "datagram.hpp"
@@ -35,29 +37,46 @@ class basic_udp_server : public basic_tcp_server<Handler, Derived, datagram> {
   /// Datagram sockets do not listen.
   void server_activate() {}
 
-  /// Receives one datagram (without blocking: serve_forever has seen it is ready).
+  /// Receives one datagram, without blocking. May be overridden.
+  /// @throws std::system_error (EAGAIN when none is waiting)
   std::pair<datagram, address> get_request() {
-    std::pair<datagram, address> got{
-        datagram{std::string(Derived::max_packet_size, '\0'), this->socket, false}, address()};
-    iovec iov{got.first.data.data(), got.first.data.size()};
+    std::pair<datagram, address> got;
+    std::error_code ec;
+    if (!get_request(got.first, got.second, ec)) detail::throw_error(ec, "recvfrom");
+    return got;
+  }
+  /// The same without exceptions: false, with ec set, if it failed (see basic_tcp_server).
+  bool get_request(datagram& request, address& client_address, std::error_code& ec) {
+    // Received into a buffer kept for the purpose, then copied at its real size: the packet
+    // costs one small allocation, not a zero-filled max_packet_size one.
+    if (!scratch_) scratch_.reset(new char[Derived::max_packet_size]);
+    iovec iov{scratch_.get(), Derived::max_packet_size};
     msghdr msg{};
-    msg.msg_name = got.second.data();
+    msg.msg_name = client_address.data();
     msg.msg_namelen = address::capacity();
     msg.msg_iov = &iov;
     msg.msg_iovlen = 1;
     const ssize_t n =
         detail::retry_on_eintr([&] { return ::recvmsg(this->fileno(), &msg, MSG_DONTWAIT); });
-    if (n < 0) detail::throw_errno("recvfrom");
-    got.second.resize(msg.msg_namelen);
-    got.first.data.resize(static_cast<std::size_t>(n));
-    got.first.truncated = (msg.msg_flags & MSG_TRUNC) != 0;
-    return got;
+    if (n < 0) {
+      ec = detail::last_error();
+      return false;
+    }
+    client_address.resize(msg.msg_namelen);
+    request.data.assign(scratch_.get(), static_cast<std::size_t>(n));
+    request.socket = this->socket;
+    request.truncated = (msg.msg_flags & MSG_TRUNC) != 0;
+    ec.clear();
+    return true;
   }
 
   /// Nothing to shut down per request: calls close_request().
   void shutdown_request(datagram& request) { this->derived().close_request(request); }
   /// Nothing to close per request: the socket is the server's.
   void close_request(datagram& /*request*/) {}
+
+ private:
+  std::unique_ptr<char[]> scratch_;
 };
 
 }  // namespace socketserver
