@@ -173,6 +173,27 @@ struct ReportingFlakyServer : ss::TCPServer<StreamEcho, ReportingFlakyServer> {
   }
 };
 
+TEST_CASE("a get_request failure no retry can mend is raised, not spun on",
+          "[errors][get_request]") {
+  test::TempDir dir;
+  ReportingFlakyServer server({"127.0.0.1", 0});
+  std::string reply;
+  std::thread client(
+      [&] { reply = test::round_trip<test::TCP>(server.server_address, "late", dir); });
+  server.fail_with = EINVAL;  // what accept() says on a socket that is not listening
+  try {
+    server.handle_request();
+    FAIL("handle_request() returned after EINVAL from get_request()");
+  } catch (const std::system_error& e) {
+    CHECK(e.code() == std::errc::invalid_argument);
+    CHECK(contains(e.what(), server.server_address.to_string()));
+  }
+  CHECK(server.reported == 1);  // reported first, then raised
+  server.handle_request();      // the server itself is fine: the next one is served
+  client.join();
+  CHECK(reply == "late");
+}
+
 // --- handle_error() that throws -------------------------------------------------------------
 
 struct StrictServer;
@@ -492,13 +513,13 @@ TEST_CASE("get_request failures: transient ones are dropped, others reported",
     std::string reply;
     std::thread client(
         [&] { reply = test::round_trip<test::TCP>(server.server_address, "late", dir); });
-    server.fail_with = EINVAL;
+    server.fail_with = EIO;
     StderrCapture capture;
     server.handle_request();
     const std::string err = capture.finish();
     INFO("stderr: " << err);
     CHECK(contains(err, server.server_address.to_string()));
-    CHECK(contains(err, std::error_code(EINVAL, std::system_category()).message()));
+    CHECK(contains(err, std::error_code(EIO, std::system_category()).message()));
     server.handle_request();
     client.join();
     CHECK(reply == "late");

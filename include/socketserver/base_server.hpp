@@ -80,6 +80,23 @@ inline bool is_resource_exhaustion(const std::error_code& ec) noexcept {
   }
 }
 
+/// True for get_request() failures that no retry can mend: the socket cannot accept at
+/// all (not listening: server_activate() was skipped; not a socket; closed). serve_forever()
+/// raises them instead of spinning.
+inline bool is_fatal_get_request_error(const std::error_code& ec) noexcept {
+  if (ec.category() != std::system_category()) return false;
+  switch (ec.value()) {
+    case EINVAL:
+    case EBADF:
+    case ENOTSOCK:
+    case EOPNOTSUPP:
+    case EFAULT:
+      return true;
+    default:
+      return false;
+  }
+}
+
 /// True for get_request() failures that concern only the one request (the peer left before
 /// accept, another process took the connection, a signal): CPython drops them silently.
 inline bool is_transient(const std::error_code& ec) noexcept {
@@ -428,7 +445,9 @@ class BaseServer : public server_base {
   /// Called when get_request() fails with anything but a transient error (CPython drops these
   /// silently; a server out of descriptors then spins at 100% CPU). The default prints it to
   /// stderr. After EMFILE, ENFILE, ENOBUFS or ENOMEM, the serve loop also stops accepting for a
-  /// pause that doubles from 10 ms to 1 s while the failure lasts. May be overridden.
+  /// pause that doubles from 10 ms to 1 s while the failure lasts. A socket that cannot
+  /// accept at all (EINVAL: not listening; EBADF, ENOTSOCK) makes serve_forever() and
+  /// handle_request() throw std::system_error after this. May be overridden.
   void handle_get_request_error(const std::system_error& error) {
     std::fprintf(stderr, "socketserver: cannot get request on %s: %s%s\n",
                  server_address.to_string().c_str(), error.what(),
@@ -520,6 +539,10 @@ class BaseServer : public server_base {
     else
       derived().handle_get_request_error(
           std::system_error(ec, Derived::socket_type == SOCK_STREAM ? "accept" : "recvfrom"));
+    if (detail::is_fatal_get_request_error(ec))
+      throw std::system_error(
+          ec, (Derived::socket_type == SOCK_STREAM ? "accept on " : "recvfrom on ") +
+                  server_address.to_string() + " (is the server activated?)");
     if (detail::is_resource_exhaustion(ec)) {
       using namespace std::chrono;
       accept_pause_ = accept_pause_ == milliseconds(0)

@@ -39,7 +39,9 @@ inline bool remove_stale_unix_socket(const address& where, int socket_type) noex
   if (where.family() != AF_UNIX || path.empty() || path[0] == '\0' ||
       ::lstat(path.c_str(), &st) != 0 || !S_ISSOCK(st.st_mode))
     return false;
-  const int probe = ::socket(AF_UNIX, socket_type | SOCK_CLOEXEC, 0);
+  // Non-blocking: a live server whose backlog is full answers EAGAIN instead of making the
+  // probe wait. Only a refusal means nobody is there.
+  const int probe = ::socket(AF_UNIX, socket_type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (probe < 0) return false;
   const bool refused = ::connect(probe, where.data(), where.size()) < 0 && errno == ECONNREFUSED;
   ::close(probe);
