@@ -80,8 +80,9 @@ int serve_stream(const std::string& mode, const ss::address& where) {
 int run(const bench::Args& args) {
   const std::string type = args.choice(
       "type",
-      {"TCPServer", "ThreadingTCPServer", "ForkingTCPServer", "UDPServer", "ThreadingUDPServer",
-       "UnixStreamServer", "ThreadingUnixStreamServer", "ForkingUnixStreamServer"},
+      {"TCPServer", "ThreadingTCPServer", "ForkingTCPServer", "ThreadPoolTCPServer", "UDPServer",
+       "ThreadingUDPServer", "UnixStreamServer", "ThreadingUnixStreamServer",
+       "ForkingUnixStreamServer"},
       "ThreadingTCPServer");
   const std::string mode = args.choice("mode", {"connrate", "pingpong"}, "connrate");
   const bool is_unix = type.find("Unix") != std::string::npos;
@@ -92,6 +93,7 @@ int run(const bench::Args& args) {
   if (type == "TCPServer") return serve_stream<ss::tcp_server_t>(mode, where);
   if (type == "ThreadingTCPServer") return serve_stream<ss::threading_tcp_server_t>(mode, where);
   if (type == "ForkingTCPServer") return serve_stream<ss::forking_tcp_server_t>(mode, where);
+  if (type == "ThreadPoolTCPServer") return serve_stream<ss::thread_pool_tcp_server_t>(mode, where);
   if (type == "UnixStreamServer") return serve_stream<ss::basic_unix_stream_server>(mode, where);
   if (type == "ThreadingUnixStreamServer")
     return serve_stream<ss::threading_unix_stream_server_t>(mode, where);

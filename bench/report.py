@@ -28,6 +28,7 @@ PEERS = OrderedDict(
             ["raw/threads", "py/ThreadingTCPServer", "asio/blocking", "asio/async", "raw/epoll"],
         ),
         ("ours/ForkingTCPServer", ["py/ForkingTCPServer", "raw/threads"]),
+        ("ours/ThreadPoolTCPServer", ["ours/ThreadingTCPServer", "asio/async", "raw/epoll"]),
         ("ours/UDPServer", ["raw/udp", "py/UDPServer", "asio/udp"]),
         ("ours/ThreadingUDPServer", ["raw/udp", "py/ThreadingUDPServer"]),
         (
@@ -263,6 +264,8 @@ def targets_section(timed, idle, shutdown):
     cpu_target("pingpong", "ours/TCPServer", "raw/sync", 1.1)
     cpu_target("udp", "ours/UDPServer", "raw/udp", 1.1)
     cpu_target("connrate", "ours/ForkingTCPServer", "py/ForkingTCPServer", 0.25)
+    cpu_target("connrate", "ours/ThreadPoolTCPServer", "ours/ThreadingTCPServer", 0.7)
+    cpu_target("connrate", "ours/ThreadPoolTCPServer", "asio/async", 1.0)
     p99 = shutdown.get(("ours/ThreadingTCPServer", "shutdown-idle"), math.nan)
     if not math.isnan(p99):
         rows.append(["shutdown() p99 < 1 ms (idle)", f"{fmt(p99)} µs", "met" if p99 < 1000 else "missed"])
