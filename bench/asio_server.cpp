@@ -15,7 +15,6 @@
 #include <unistd.h>
 
 #include <boost/asio.hpp>
-
 #include <cstddef>
 #include <cstdio>
 #include <cstdlib>
@@ -57,7 +56,8 @@ template <class Protocol>
     typename Protocol::socket sock(acceptor.get_executor());
     error_code ec;
     acceptor.accept(sock, ec);
-    if (!ec) std::thread(blocking_session<typename Protocol::socket>, std::move(sock), one_line).detach();
+    if (!ec)
+      std::thread(blocking_session<typename Protocol::socket>, std::move(sock), one_line).detach();
   }
 }
 

@@ -3,20 +3,20 @@
 // a SIGTERM/SIGINT waiter thread (no process-wide signal handler doing unsafe work).
 #pragma once
 
-#include <arpa/inet.h>  // inet_pton
+#include <arpa/inet.h>   // inet_pton
 #include <netinet/in.h>  // in_addr, in6_addr
 #include <pthread.h>     // pthread_sigmask, pthread_kill
 #include <signal.h>      // sigset_t, sigwait, SIGTERM, SIGINT
 
-#include <cstdio>       // std::fprintf, std::printf, std::fflush
-#include <cstdlib>      // std::exit, std::strtod, std::strtoll
-#include <functional>   // std::function
-#include <map>          // std::map
-#include <mutex>        // std::mutex, std::lock_guard
-#include <set>          // std::set
-#include <string>       // std::string
-#include <thread>       // std::thread
-#include <utility>      // std::move
+#include <cstdio>      // std::fprintf, std::printf, std::fflush
+#include <cstdlib>     // std::exit, std::strtod, std::strtoll
+#include <functional>  // std::function
+#include <map>         // std::map
+#include <mutex>       // std::mutex, std::lock_guard
+#include <set>         // std::set
+#include <string>      // std::string
+#include <thread>      // std::thread
+#include <utility>     // std::move
 
 namespace bench {
 

@@ -98,8 +98,8 @@ Options parse(int argc, char** argv) {
   o.timeout_ms = static_cast<int>(args.integer("timeout-ms", 2000));
   o.settle = args.real("settle", 1);
   o.server_pid = static_cast<pid_t>(args.integer("server-pid", 0));
-  if (o.clients < 1 || o.clients > 100000 || o.seconds <= 0 || o.seconds > 3600 ||
-      o.warmup < 0 || o.warmup > 600 || o.size < 16 || o.size > 8192 || o.line_bytes < 2 ||
+  if (o.clients < 1 || o.clients > 100000 || o.seconds <= 0 || o.seconds > 3600 || o.warmup < 0 ||
+      o.warmup > 600 || o.size < 16 || o.size > 8192 || o.line_bytes < 2 ||
       o.line_bytes > (1u << 20) || o.timeout_ms < 1 || o.settle < 0 || o.settle > 600)
     die("loadgen: an option is out of range\n" + args.usage());
 
@@ -371,8 +371,8 @@ void connrate_client(const Options& o, const Window& w, int id, ClientStats& sta
   while (Clock::now() < w.end) {
     const auto began = Clock::now();
     Fd fd = connect_stream(o);
-    const bool ok = fd && send_all(fd.get(), line.data(), line.size()) &&
-                    read_reply(fd.get(), line, buf);
+    const bool ok =
+        fd && send_all(fd.get(), line.data(), line.size()) && read_reply(fd.get(), line, buf);
     fd.reset();
     const auto finished = Clock::now();
     if (ok) {
@@ -601,13 +601,14 @@ void run_idle(const Options& o) {
   const Memory during = read_memory(o.server_pid);
   const std::size_t conns = open.size();
   open.clear();
-  const double per_conn = conns > 0 ? static_cast<double>(during.rss_kib - before.rss_kib) /
-                                          static_cast<double>(conns)
-                                    : NAN;
-  std::printf("workload=idle clients=%d conns=%zu errors=%llu rss_before_kib=%ld rss_kib=%ld "
-              "rss_per_conn_kib=%.2f threads_before=%ld threads=%ld\n",
-              o.clients, conns, static_cast<unsigned long long>(errors), before.rss_kib,
-              during.rss_kib, per_conn, before.threads, during.threads);
+  const double per_conn =
+      conns > 0 ? static_cast<double>(during.rss_kib - before.rss_kib) / static_cast<double>(conns)
+                : NAN;
+  std::printf(
+      "workload=idle clients=%d conns=%zu errors=%llu rss_before_kib=%ld rss_kib=%ld "
+      "rss_per_conn_kib=%.2f threads_before=%ld threads=%ld\n",
+      o.clients, conns, static_cast<unsigned long long>(errors), before.rss_kib, during.rss_kib,
+      per_conn, before.threads, during.threads);
 }
 
 /// Raises the soft descriptor limit to the hard one (1,000 idle connections need it).
@@ -643,12 +644,13 @@ int main(int argc, char** argv) {
     unit = "MiB";
   }
   const double per_op = s.ops > 0 ? 1.0 / s.ops : NAN;
-  std::printf("workload=%s clients=%d ops=%.1f seconds=%.3f rate=%.1f unit=%s p50_us=%.1f "
-              "p99_us=%.1f errors=%llu lost=%llu server_cpu_us=%.0f cpu_us_per_op=%.3f "
-              "client_cpu_us_per_op=%.3f\n",
-              o.workload.c_str(), o.workload == "bulk" ? 1 : o.clients, s.ops, s.seconds,
-              s.seconds > 0 ? s.ops / s.seconds : 0.0, unit, s.p50_us, s.p99_us,
-              static_cast<unsigned long long>(s.errors), static_cast<unsigned long long>(s.lost),
-              s.server_cpu_us, s.server_cpu_us * per_op, s.client_cpu_us * per_op);
+  std::printf(
+      "workload=%s clients=%d ops=%.1f seconds=%.3f rate=%.1f unit=%s p50_us=%.1f "
+      "p99_us=%.1f errors=%llu lost=%llu server_cpu_us=%.0f cpu_us_per_op=%.3f "
+      "client_cpu_us_per_op=%.3f\n",
+      o.workload.c_str(), o.workload == "bulk" ? 1 : o.clients, s.ops, s.seconds,
+      s.seconds > 0 ? s.ops / s.seconds : 0.0, unit, s.p50_us, s.p99_us,
+      static_cast<unsigned long long>(s.errors), static_cast<unsigned long long>(s.lost),
+      s.server_cpu_us, s.server_cpu_us * per_op, s.client_cpu_us * per_op);
   return s.ops > 0 ? 0 : 1;
 }

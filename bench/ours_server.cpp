@@ -78,17 +78,18 @@ int serve_stream(const std::string& mode, const ss::address& where) {
 }
 
 int run(const bench::Args& args) {
-  const std::string type = args.choice(
-      "type",
-      {"TCPServer", "ThreadingTCPServer", "ForkingTCPServer", "ThreadPoolTCPServer", "UDPServer",
-       "ThreadingUDPServer", "UnixStreamServer", "ThreadingUnixStreamServer",
-       "ForkingUnixStreamServer"},
-      "ThreadingTCPServer");
+  const std::string type =
+      args.choice("type",
+                  {"TCPServer", "ThreadingTCPServer", "ForkingTCPServer", "ThreadPoolTCPServer",
+                   "UDPServer", "ThreadingUDPServer", "UnixStreamServer",
+                   "ThreadingUnixStreamServer", "ForkingUnixStreamServer"},
+                  "ThreadingTCPServer");
   const std::string mode = args.choice("mode", {"connrate", "pingpong"}, "connrate");
   const bool is_unix = type.find("Unix") != std::string::npos;
   if (is_unix != args.has("unix")) bench::die("Unix servers take --unix PATH, the others --port");
-  const ss::address where = is_unix ? ss::address(args.str("unix", ""))
-                                    : ss::address("127.0.0.1", static_cast<int>(args.integer("port", 0)));
+  const ss::address where =
+      is_unix ? ss::address(args.str("unix", ""))
+              : ss::address("127.0.0.1", static_cast<int>(args.integer("port", 0)));
 
   if (type == "TCPServer") return serve_stream<ss::tcp_server_t>(mode, where);
   if (type == "ThreadingTCPServer") return serve_stream<ss::threading_tcp_server_t>(mode, where);

@@ -36,7 +36,7 @@
 
 namespace {
 
-constexpr int backlog = 128;                 // the same for every server in the benchmark
+constexpr int backlog = 128;                // the same for every server in the benchmark
 constexpr std::size_t buffer_size = 16384;  // per connection
 constexpr std::size_t max_datagram = 8192;  // UDPServer's max_packet_size
 
@@ -146,7 +146,8 @@ void run_udp(int fd) {
   for (;;) {
     sockaddr_storage from{};
     socklen_t len = sizeof from;
-    const ssize_t got = ::recvfrom(fd, buf, sizeof buf, 0, reinterpret_cast<sockaddr*>(&from), &len);
+    const ssize_t got =
+        ::recvfrom(fd, buf, sizeof buf, 0, reinterpret_cast<sockaddr*>(&from), &len);
     if (got < 0) {
       if (errno == EINTR || errno == ECONNREFUSED) continue;
       fail("recvfrom");

@@ -50,10 +50,10 @@ void client(const ss::address& server, const std::atomic<bool>& stop) {
     ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
     char reply[64];
-    const bool ok = ::connect(fd, server.data(), server.size()) == 0 &&
-                    ::send(fd, line.data(), line.size(), MSG_NOSIGNAL) ==
-                        static_cast<ssize_t>(line.size()) &&
-                    ::recv(fd, reply, sizeof reply, 0) > 0;
+    const bool ok =
+        ::connect(fd, server.data(), server.size()) == 0 &&
+        ::send(fd, line.data(), line.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(line.size()) &&
+        ::recv(fd, reply, sizeof reply, 0) > 0;
     ::close(fd);
     if (!ok) std::this_thread::sleep_for(std::chrono::milliseconds(1));  // e.g. refused
   }

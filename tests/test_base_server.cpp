@@ -117,8 +117,7 @@ class StderrCapture {
 /// Like test::round_trip, but also returns the client's own address as the server sees it.
 template <class K>
 std::pair<std::string, std::string> exchange(const ss::address& server_address,
-                                             const std::string& message,
-                                             const test::TempDir& dir) {
+                                             const std::string& message, const test::TempDir& dir) {
   ss::socket c = test::connect_to(server_address, K::socket_type, &dir);
   const std::string me = c.getsockname().to_string();
   if constexpr (K::stream) {
@@ -439,7 +438,7 @@ TEMPLATE_TEST_CASE("handler exceptions go to handle_error with the client's addr
   CHECK(thrown_int.second.empty());
   CHECK(fine.second == "fine");
   if constexpr (!(K::stream && K::family == AF_UNIX))  // Unix stream clients are unnamed
-    CHECK(thrown_std.first != thrown_int.first);        // a fresh client each time
+    CHECK(thrown_std.first != thrown_int.first);       // a fresh client each time
   CHECK(server.journal.sorted_lines() == sorted({
                                              "handle std",
                                              "error " + thrown_std.first + " boom",
@@ -485,8 +484,8 @@ TEST_CASE("the default handle_error prints the client's address and the exceptio
 
   auto [int_client, int_err] = serve_one("int");
   INFO("stderr: " << int_err);
-  CHECK(contains(int_err, "Exception occurred during processing of request from " +
-                              int_client.first + "\n"));
+  CHECK(contains(
+      int_err, "Exception occurred during processing of request from " + int_client.first + "\n"));
   CHECK(contains(int_err, "int\n"));  // the exception's type, for a non-std exception
 
   // And the server keeps serving.
@@ -525,9 +524,9 @@ TEMPLATE_TEST_CASE("verify_request false closes the request without calling the 
   CHECK(accepted == "two");
   CHECK(server.verified == 2);
   // bpo-26309: shutdown_request() runs for the rejected request too.
-  CHECK(server.journal.sorted_lines() == sorted({"verify_request", "shutdown_request",
-                                                 "verify_request", "handle two",
-                                                 "shutdown_request"}));
+  CHECK(server.journal.sorted_lines() ==
+        sorted({"verify_request", "shutdown_request", "verify_request", "handle two",
+                "shutdown_request"}));
 }
 
 // --- The order of the request hooks ----------------------------------------------------------
@@ -728,8 +727,7 @@ TEST_CASE("address_family = AF_INET6 serves on ::1", "[base_server][ipv6]") {
     V6Server server({"", 0});
     CHECK(server.server_address.host() == "::");
     test::Serving<V6Server> serving(server);
-    CHECK(test::round_trip<test::TCP>({"::1", server.server_address.port()}, "any", dir) ==
-          "any");
+    CHECK(test::round_trip<test::TCP>({"::1", server.server_address.port()}, "any", dir) == "any");
   }
   SECTION("datagram") {
     V6UDPServer server({"::1", 0});

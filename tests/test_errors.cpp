@@ -228,8 +228,9 @@ TEST_CASE("binding a port in use throws address_in_use and leaks nothing", "[err
   ss::TCPServer<StreamEcho> first({"127.0.0.1", 0});
   const int port = first.server_address.port();
   const int baseline = test::open_fd_count();
-  const std::system_error e =
-      construction_error([&] { ss::TCPServer<StreamEcho> second({"127.0.0.1", port}); });
+  const std::system_error e = construction_error([&] {
+    ss::TCPServer<StreamEcho> second({"127.0.0.1", port});
+  });
   CHECK(e.code() == std::errc::address_in_use);
   CHECK(std::string(e.what()) ==
         "bind 127.0.0.1:" + std::to_string(port) + ": Address already in use");
@@ -252,8 +253,9 @@ TEST_CASE("binding a UDP port in use throws address_in_use", "[errors][bind]") {
   ss::UDPServer<DatagramEcho> first({"127.0.0.1", 0});
   const int port = first.server_address.port();
   const int baseline = test::open_fd_count();
-  const std::system_error e =
-      construction_error([&] { ss::UDPServer<DatagramEcho> second({"127.0.0.1", port}); });
+  const std::system_error e = construction_error([&] {
+    ss::UDPServer<DatagramEcho> second({"127.0.0.1", port});
+  });
   CHECK(e.code() == std::errc::address_in_use);
   CHECK(std::string(e.what()) ==
         "bind 127.0.0.1:" + std::to_string(port) + ": Address already in use");
@@ -262,8 +264,9 @@ TEST_CASE("binding a UDP port in use throws address_in_use", "[errors][bind]") {
 
 TEST_CASE("an unknown host name throws a getaddrinfo error naming it", "[errors][resolve]") {
   const int baseline = test::open_fd_count();
-  const std::system_error e = construction_error(
-      [&] { ss::TCPServer<StreamEcho> server({"no-such-host.invalid", 0}); });
+  const std::system_error e = construction_error([&] {
+    ss::TCPServer<StreamEcho> server({"no-such-host.invalid", 0});
+  });
   INFO("what(): " << e.what());
   CHECK(e.code().category() == ss::gai_category());
   CHECK(std::string(e.code().category().name()) == "getaddrinfo");
@@ -296,7 +299,7 @@ TEST_CASE("a port out of range throws std::out_of_range", "[errors][address]") {
 
 TEST_CASE("a Unix path too long for sockaddr_un is an error, not truncated", "[errors][unix]") {
   const std::size_t limit = sizeof(sockaddr_un{}.sun_path) - 1;  // 107 on Linux
-  const std::string too_long = "/tmp/" + std::string(195, 'x');   // 200 characters
+  const std::string too_long = "/tmp/" + std::string(195, 'x');  // 200 characters
   const int baseline = test::open_fd_count();
   for (const std::string& path : {too_long, std::string("/tmp/") + std::string(limit - 4, 'y')}) {
     INFO("path of " << path.size() << " characters");
@@ -323,8 +326,7 @@ TEST_CASE("a Unix path too long for sockaddr_un is an error, not truncated", "[e
 
 // A too-long abstract name's message stops at its leading NUL when read as what() (a C
 // string), so it does not show the name; the address's own spelling ("@name") would.
-TEST_CASE("the error for a too-long abstract name shows the name",
-          "[errors][unix][abstract]") {
+TEST_CASE("the error for a too-long abstract name shows the name", "[errors][unix][abstract]") {
   const std::string name = std::string(1, '\0') + std::string(200, 'n');
   const std::system_error e =
       construction_error([&] { ss::UnixStreamServer<StreamEcho> server(name); });
@@ -334,12 +336,12 @@ TEST_CASE("the error for a too-long abstract name shows the name",
   CHECK(contains(what, "@nnnn"));
 }
 
-TEST_CASE("an address of another family throws address_family_not_supported",
-          "[errors][family]") {
+TEST_CASE("an address of another family throws address_family_not_supported", "[errors][family]") {
   const int baseline = test::open_fd_count();
   SECTION("IPv6 address, AF_INET server") {
-    const std::system_error e =
-        construction_error([&] { ss::TCPServer<StreamEcho> server({"::1", 0}); });
+    const std::system_error e = construction_error([&] {
+      ss::TCPServer<StreamEcho> server({"::1", 0});
+    });
     INFO("what(): " << e.what());
     CHECK(e.code() == std::errc::address_family_not_supported);
     CHECK(contains(e.what(), "[::1]:0"));
@@ -347,8 +349,7 @@ TEST_CASE("an address of another family throws address_family_not_supported",
     CHECK_FALSE(contains(e.what(), "AF_INET6"));
   }
   SECTION("IPv4 address, AF_INET6 server") {
-    const std::system_error e =
-        construction_error([&] { V6Server server({"127.0.0.1", 0}); });
+    const std::system_error e = construction_error([&] { V6Server server({"127.0.0.1", 0}); });
     INFO("what(): " << e.what());
     CHECK(e.code() == std::errc::address_family_not_supported);
     CHECK(contains(e.what(), "127.0.0.1:0"));

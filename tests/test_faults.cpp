@@ -60,18 +60,7 @@ constexpr std::chrono::seconds kWait{20};
 
 // --- Resource accounting ---------------------------------------------------------------------
 
-// Waits, polling, until done() or kWait has passed; returns done(). Only for a state that
-// nothing signals: a detached request thread leaving the kernel's task list after it has
-// told the server it is done.
-template <class F>
-bool eventually(F done) {
-  const auto deadline = std::chrono::steady_clock::now() + kWait;
-  while (!done()) {
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::sleep_for(1ms);
-  }
-  return true;
-}
+using test::eventually;
 
 struct Baseline {
   int fds = test::open_fd_count();
@@ -92,7 +81,8 @@ class Reports {
  public:
   Reports() {
     int fds[2];
-    if (::pipe2(fds, O_CLOEXEC) != 0) throw std::system_error(errno, std::system_category(), "pipe2");
+    if (::pipe2(fds, O_CLOEXEC) != 0)
+      throw std::system_error(errno, std::system_category(), "pipe2");
     read_fd_ = fds[0];
     write_fd_ = fds[1];
   }
@@ -217,9 +207,9 @@ struct FaultServer : K::template server<H<FaultServer<K, H>>, FaultServer<K, H>>
   using base::base;
 
   const Reports* reports = nullptr;
-  bool greet = false;   // stream handlers send "hello\n" before reading
-  bool trace = false;   // handlers post "handle" when they start
-  std::string denied;   // the client address verify_request() refuses
+  bool greet = false;  // stream handlers send "hello\n" before reading
+  bool trace = false;  // handlers post "handle" when they start
+  std::string denied;  // the client address verify_request() refuses
   std::atomic<int> rejected{0};
 
   bool verify_request(request_type& /*request*/, const ss::address& client) {
@@ -334,7 +324,8 @@ struct EndlessLineHandler : ss::StreamRequestHandler<S> {
   void handle() {
     const std::string first = this->rfile.readline();
     const std::string second = this->rfile.readline(100);
-    const bool newline = first.find('\n') != std::string::npos || second.find('\n') != std::string::npos;
+    const bool newline =
+        first.find('\n') != std::string::npos || second.find('\n') != std::string::npos;
     this->wfile.write(std::to_string(first.size()) + " " + std::to_string(second.size()) +
                       (newline ? " newline\n" : " no-newline\n"));
     this->wfile.write("rest " + std::to_string(this->rfile.read().size()) + "\n");
@@ -441,12 +432,12 @@ bool wait_exited(pid_t pid, std::chrono::milliseconds within) {
 
 }  // namespace
 
-#define STREAM_KINDS                                                                  \
+#define STREAM_KINDS                                                                            \
   test::TCP, test::UnixStream, test::ThreadingTCP, test::ThreadingUnixStream, test::ForkingTCP, \
       test::ForkingUnixStream
-#define DATAGRAM_KINDS                                                                       \
-  test::UDP, test::UnixDatagram, test::ThreadingUDP, test::ThreadingUnixDatagram, test::ForkingUDP, \
-      test::ForkingUnixDatagram
+#define DATAGRAM_KINDS                                                            \
+  test::UDP, test::UnixDatagram, test::ThreadingUDP, test::ThreadingUnixDatagram, \
+      test::ForkingUDP, test::ForkingUnixDatagram
 
 // --- Peer faults -------------------------------------------------------------------------------
 
@@ -624,7 +615,8 @@ TEMPLATE_TEST_CASE("handler exceptions of any type, from handle() or setup(), le
           const pid_t child = *server.active_children.begin();
           REQUIRE(wait_exited(child, kWait));
           siginfo_t info{};
-          REQUIRE(::waitid(P_PID, static_cast<id_t>(child), &info, WEXITED | WNOHANG | WNOWAIT) == 0);
+          REQUIRE(::waitid(P_PID, static_cast<id_t>(child), &info, WEXITED | WNOHANG | WNOWAIT) ==
+                  0);
           CHECK(info.si_pid == child);
           CHECK(info.si_code == CLD_EXITED);
           CHECK(info.si_status == 1);
@@ -654,8 +646,9 @@ TEMPLATE_TEST_CASE("handler exceptions of any type, from handle() or setup(), le
 
 // --- Slow and hostile clients -----------------------------------------------------------------
 
-TEMPLATE_TEST_CASE("a slowloris client sending a byte every 100 ms is cut off by the 300 ms timeout",
-                   "[faults][hostile][timeout]", STREAM_KINDS) {
+TEMPLATE_TEST_CASE(
+    "a slowloris client sending a byte every 100 ms is cut off by the 300 ms timeout",
+    "[faults][hostile][timeout]", STREAM_KINDS) {
   using K = TestType;
   test::TempDir dir;
   Reports reports;
@@ -691,8 +684,8 @@ TEMPLATE_TEST_CASE("a slowloris client sending a byte every 100 ms is cut off by
       CAPTURE(cut_off, sent, std::chrono::duration<double>(elapsed).count());
       CHECK(!cut_off.empty());
       CHECK(cut_off != "data");
-      CHECK(sent >= 2);          // it kept sending, faster than the timeout
-      CHECK(elapsed >= 300ms);   // and was cut off only when its readline had taken 300 ms
+      CHECK(sent >= 2);         // it kept sending, faster than the timeout
+      CHECK(elapsed >= 300ms);  // and was cut off only when its readline had taken 300 ms
       CHECK(elapsed < 5s);
       const auto report = reports.next();
       REQUIRE(report);
@@ -733,8 +726,9 @@ TEMPLATE_TEST_CASE("an endless line is stopped by max_line_length and by readlin
   check_nothing_left(before);
 }
 
-TEMPLATE_TEST_CASE("a datagram longer than max_packet_size is flagged truncated, in every datagram kind",
-                   "[faults][hostile][datagram]", DATAGRAM_KINDS) {
+TEMPLATE_TEST_CASE(
+    "a datagram longer than max_packet_size is flagged truncated, in every datagram kind",
+    "[faults][hostile][datagram]", DATAGRAM_KINDS) {
   using K = TestType;
   test::TempDir dir;
   Reports reports;
@@ -746,8 +740,9 @@ TEMPLATE_TEST_CASE("a datagram longer than max_packet_size is flagged truncated,
       test::Serving<decltype(server)> serving(server);
       ss::socket c = test::connect_to(server.server_address, SOCK_DGRAM, &dir);
       const std::pair<std::size_t, std::string> cases[] = {
-          {8193, "truncated 8192"}, {2, "whole 2"},         {8192, "whole 8192"},
-          {65000, "truncated 8192"}, {10000, "truncated 8192"}, {0, "whole 0"}};
+          {8193, "truncated 8192"},  {2, "whole 2"},
+          {8192, "whole 8192"},      {65000, "truncated 8192"},
+          {10000, "truncated 8192"}, {0, "whole 0"}};
       for (const auto& [size, expected] : cases) {
         CAPTURE(size);
         const std::string datagram(size, 'd');
@@ -776,8 +771,8 @@ TEMPLATE_TEST_CASE("verify_request refusing a client address closes without read
     // The refused client binds its own address first: a port on 127.0.0.1, or a socket path.
     ss::socket intruder(K::family, SOCK_STREAM);
     intruder.settimeout(std::chrono::seconds(20));
-    const ss::address own = K::family == AF_UNIX ? ss::address(dir.file("intruder.sock"))
-                                                 : ss::address("127.0.0.1", 0);
+    const ss::address own =
+        K::family == AF_UNIX ? ss::address(dir.file("intruder.sock")) : ss::address("127.0.0.1", 0);
     REQUIRE(::bind(intruder.fileno(), own.data(), own.size()) == 0);
     server.denied = intruder.getsockname().to_string();
     {

@@ -19,9 +19,9 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <cstddef>
 #include <chrono>
 #include <condition_variable>
+#include <cstddef>
 #include <cstdio>
 #include <exception>
 #include <functional>
@@ -149,7 +149,8 @@ std::string read_all_quietly(const ss::socket& c) {
 class Release {
  public:
   Release() {
-    if (::pipe2(fds_, O_CLOEXEC) != 0) throw std::system_error(errno, std::system_category(), "pipe");
+    if (::pipe2(fds_, O_CLOEXEC) != 0)
+      throw std::system_error(errno, std::system_category(), "pipe");
   }
   Release(const Release&) = delete;
   Release& operator=(const Release&) = delete;
@@ -263,8 +264,7 @@ pid_t exited_child_of_our_own(int code) {
 #define FORKING_KINDS \
   test::ForkingTCP, test::ForkingUDP, test::ForkingUnixStream, test::ForkingUnixDatagram
 
-TEMPLATE_TEST_CASE("forking servers: defaults, with a 300 s timeout", "[forking]",
-                   FORKING_KINDS) {
+TEMPLATE_TEST_CASE("forking servers: defaults, with a 300 s timeout", "[forking]", FORKING_KINDS) {
   using K = TestType;
   test::TempDir dir;
   Server<K> server(K::bind_address(dir));

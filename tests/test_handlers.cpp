@@ -962,8 +962,7 @@ struct ClosingWfileHandler : ss::StreamRequestHandler<> {
 // Python's wfile for wbufsize > 0 is a BufferedWriter: wfile.close() in handle() flushes, so
 // the client gets the reply. Here writer::close() (io.hpp) drops what was buffered, and
 // StreamRequestHandler::finish() then skips the flush because wfile is closed.
-TEST_CASE("wfile.close() in handle() still delivers a buffered reply",
-          "[handlers][stream]") {
+TEST_CASE("wfile.close() in handle() still delivers a buffered reply", "[handlers][stream]") {
   test::TempDir dir;
   ss::UnixStreamServer<ClosingWfileHandler> server(dir.file("s.sock"));
   ss::socket client = test::connect_to(server.server_address);

@@ -14,8 +14,8 @@
 #include <sys/socket.h>
 
 #include <chrono>
-#include <cstdlib>
 #include <condition_variable>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <string>
@@ -44,7 +44,6 @@ namespace ss = socketserver;
 using namespace std::chrono_literals;
 using test::Concurrency;
 
-constexpr std::chrono::seconds kWait{20};
 // The most one long run may take (the ctest timeout is 120 s).
 constexpr std::chrono::seconds kRunBudget{80};
 
@@ -64,18 +63,7 @@ int request_count() {
   return forking ? 1000 : 10000;
 }
 
-// Waits, polling, until done() or kWait has passed; returns done(). Only for a state that
-// nothing signals: a detached request thread leaving the kernel's task list after it has
-// told the server it is done.
-template <class F>
-bool eventually(F done) {
-  const auto deadline = std::chrono::steady_clock::now() + kWait;
-  while (!done()) {
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::sleep_for(1ms);
-  }
-  return true;
-}
+using test::eventually;
 
 struct Baseline {
   int fds = test::open_fd_count();
@@ -125,7 +113,7 @@ std::string ask(const ss::address& server, const std::string& message, const tes
 // before a datagram reply).
 template <class K>
 std::string fresh_round_trip(const ss::address& server, const std::string& message,
-                       const test::TempDir& dir) {
+                             const test::TempDir& dir) {
   const ss::socket datagram_client =
       K::stream ? ss::socket() : test::connect_to(server, SOCK_DGRAM, &dir);
   return ask<K>(server, message, dir, datagram_client);
@@ -235,8 +223,8 @@ TEMPLATE_TEST_CASE("servers made, used and destroyed over and over leave nothing
   check_nothing_left(before);
 }
 
-TEMPLATE_TEST_CASE("a constructor that fails to bind leaves nothing behind",
-                   "[hygiene][raii]", SOCKETSERVER_ALL_KINDS) {
+TEMPLATE_TEST_CASE("a constructor that fails to bind leaves nothing behind", "[hygiene][raii]",
+                   SOCKETSERVER_ALL_KINDS) {
   using K = TestType;
   test::TempDir dir;
   const Baseline before;
@@ -252,7 +240,7 @@ TEMPLATE_TEST_CASE("a constructor that fails to bind leaves nothing behind",
         refused += e.code() == std::errc::address_in_use;
       }
       // A Unix stream path is probed by connecting to it, and each probe waits in the live
-      // server's accept queue; a full queue would block the next probe (the 
+      // server's accept queue; a full queue would block the next probe (the
       // case below). Take them off with the server's own get_request().
       if constexpr (K::family == AF_UNIX && K::stream) {
         if (i % 5 == 4) drain_accept_queue(live);

@@ -44,15 +44,7 @@ using test::Concurrency;
 
 constexpr std::chrono::seconds kWait{20};
 
-template <class F>
-bool eventually(F done) {  // only for detached threads leaving the kernel's task list
-  const auto deadline = std::chrono::steady_clock::now() + kWait;
-  while (!done()) {
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::sleep_for(1ms);
-  }
-  return true;
-}
+using test::eventually;
 
 struct Baseline {
   int fds = test::open_fd_count();
@@ -70,7 +62,7 @@ struct LineEcho : ss::StreamRequestHandler<> {
   void handle() { wfile.write(rfile.readline()); }
 };
 
-#define STREAM_KINDS                                                                  \
+#define STREAM_KINDS                                                                            \
   test::TCP, test::UnixStream, test::ThreadingTCP, test::ThreadingUnixStream, test::ForkingTCP, \
       test::ForkingUnixStream
 
@@ -416,11 +408,10 @@ struct DatagramEcho : ss::DatagramRequestHandler<> {
 };
 
 template <class K>
-struct SignalledServer
-    : K::template server<std::conditional_t<K::stream, StreamEcho, DatagramEcho>, SignalledServer<K>> {
-  using base =
-      typename K::template server<std::conditional_t<K::stream, StreamEcho, DatagramEcho>,
-                                  SignalledServer<K>>;
+struct SignalledServer : K::template server<std::conditional_t<K::stream, StreamEcho, DatagramEcho>,
+                                            SignalledServer<K>> {
+  using base = typename K::template server<std::conditional_t<K::stream, StreamEcho, DatagramEcho>,
+                                           SignalledServer<K>>;
   using base::base;
   std::atomic<int> get_request_errors{0};
   void handle_get_request_error(const std::system_error&) { ++get_request_errors; }
@@ -471,7 +462,8 @@ TEMPLATE_TEST_CASE("1,000 concurrent connections to a threading stream server al
       bool all_started;
       {
         std::unique_lock<std::mutex> lock(server.mutex);
-        all_started = server.cv.wait_for(lock, 3 * kWait, [&] { return server.started == kClients; });
+        all_started =
+            server.cv.wait_for(lock, 3 * kWait, [&] { return server.started == kClients; });
         INFO("handlers running: " << server.started);
         CHECK(all_started);
       }
@@ -527,10 +519,11 @@ TEMPLATE_TEST_CASE("a 1 ms SIGALRM storm without SA_RESTART: every request still
     SignalledServer<K> server(K::bind_address(dir));
     {
       test::Serving<SignalledServer<K>> serving(server);  // its thread takes the signals
-      BlockedHere blocked(SIGALRM);  // the client side here is not under test
+      BlockedHere blocked(SIGALRM);                       // the client side here is not under test
       storm.start();
       ss::socket datagram_client;
-      if constexpr (!K::stream) datagram_client = test::connect_to(server.server_address, SOCK_DGRAM, &dir);
+      if constexpr (!K::stream)
+        datagram_client = test::connect_to(server.server_address, SOCK_DGRAM, &dir);
       for (int i = 0; i < kRequests && failure.empty(); ++i) {
         const std::string first = "request " + std::to_string(i) + " begins, ";
         const std::string second = "and ends\n";
@@ -592,8 +585,8 @@ TEST_CASE("the signal storm restores the previous SIGALRM handler and timer", "[
   CHECK(after.sa_handler == before.sa_handler);
   // (The C library may add its own SA_RESTORER bit when a disposition is set: compare the
   // flags a program chooses.)
-  constexpr int kChosen =
-      SA_RESTART | SA_SIGINFO | SA_NODEFER | SA_RESETHAND | SA_ONSTACK | SA_NOCLDSTOP | SA_NOCLDWAIT;
+  constexpr int kChosen = SA_RESTART | SA_SIGINFO | SA_NODEFER | SA_RESETHAND | SA_ONSTACK |
+                          SA_NOCLDSTOP | SA_NOCLDWAIT;
   CHECK((after.sa_flags & kChosen) == (before.sa_flags & kChosen));
   itimerval timer{};
   ::getitimer(ITIMER_REAL, &timer);
@@ -608,8 +601,9 @@ TEST_CASE("the signal storm restores the previous SIGALRM handler and timer", "[
 // serve_forever() retries at once, forever: 100% CPU and, with the default
 // handle_get_request_error, a line on stderr per failure (~10^5 a second). Expected: an
 // exception out of serve_forever() (as for a closed socket, EBADF) or a back-off.
-TEMPLATE_TEST_CASE("serve_forever on a stream server that was bound but never activated does not spin",
-                   "[limits][misuse]", test::TCP, test::UnixStream) {
+TEMPLATE_TEST_CASE(
+    "serve_forever on a stream server that was bound but never activated does not spin",
+    "[limits][misuse]", test::TCP, test::UnixStream) {
   using K = TestType;
   test::TempDir dir;
   const Baseline before;

@@ -254,7 +254,7 @@ TEMPLATE_TEST_CASE("shutdown right after starting the serving thread never races
         error = std::current_exception();
       }
     });
-    server.shutdown();  // may come before serve_forever() has even started
+    server.shutdown();                   // may come before serve_forever() has even started
     REQUIRE_FALSE(server.is_serving());  // returns once a loop has run and stopped
     serving.join();
     REQUIRE_FALSE(error);
@@ -292,8 +292,8 @@ TEMPLATE_TEST_CASE("a stray shutdown makes the next serve_forever return at once
     test::Serving<decltype(server)> serving(server, forever);
     CHECK(test::round_trip<K>(server.server_address, "first", dir) == "first");
   }
-  server.shutdown();               // no loop: returns at once (else this test hangs)
-  server.serve_forever(forever);   // returns at once (else this test hangs)
+  server.shutdown();              // no loop: returns at once (else this test hangs)
+  server.serve_forever(forever);  // returns at once (else this test hangs)
   CHECK_FALSE(server.is_serving());
   test::Serving<decltype(server)> serving(server, forever);
   CHECK(test::round_trip<K>(server.server_address, "again", dir) == "again");
@@ -343,8 +343,7 @@ TEST_CASE("a threading server's handler may call shutdown", "[shutdown]") {
   test::TempDir dir;
   ss::ThreadingTCPServer<StopFromRequestThread> server({"127.0.0.1", 0});
   std::string reply;
-  std::thread client(
-      [&] { reply = test::round_trip<test::TCP>(server.server_address, "", dir); });
+  std::thread client([&] { reply = test::round_trip<test::TCP>(server.server_address, "", dir); });
   server.serve_forever(forever);  // returns once the handler's shutdown() has stopped it
   CHECK_FALSE(server.is_serving());
   server.server_close();  // waits for the handler
@@ -352,8 +351,8 @@ TEST_CASE("a threading server's handler may call shutdown", "[shutdown]") {
   CHECK(reply == "stopped");
 }
 
-TEMPLATE_TEST_CASE("a second concurrent serve_forever throws logic_error",
-                   "[shutdown][is_serving]", SOCKETSERVER_ALL_KINDS) {
+TEMPLATE_TEST_CASE("a second concurrent serve_forever throws logic_error", "[shutdown][is_serving]",
+                   SOCKETSERVER_ALL_KINDS) {
   using K = TestType;
   test::TempDir dir;
   typename K::template server<Echo<K>> server(K::bind_address(dir));

@@ -69,7 +69,7 @@ template <class K>
 struct Hooks {
   using request_type = typename K::request_type;
   std::function<void(request_type&, const ss::address&)> request;  // the handler's body
-  std::function<void()> closing;  // first thing server_close() does
+  std::function<void()> closing;                                 // first thing server_close() does
   std::function<void(request_type&, const ss::address&)> error;  // handle_error()
 };
 
@@ -154,17 +154,7 @@ std::string current_what() {
   }
 }
 
-// Waits, polling, until done() or kWait has passed; returns done(). Only for states that
-// nothing signals (a detached thread leaving the kernel's task list).
-template <class F>
-bool eventually(F done) {
-  const auto deadline = std::chrono::steady_clock::now() + kWait;
-  while (!done()) {
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
-  return true;
-}
+using test::eventually;
 
 // The ids of this process's threads (what test::thread_count() counts).
 std::set<int> thread_ids() {
@@ -187,7 +177,7 @@ std::set<int> new_since(const std::set<int>& before) {
 
 }  // namespace
 
-#define THREADING_KINDS                                                                   \
+#define THREADING_KINDS \
   test::ThreadingTCP, test::ThreadingUDP, test::ThreadingUnixStream, test::ThreadingUnixDatagram
 
 TEMPLATE_TEST_CASE("threading servers: defaults", "[threading]", THREADING_KINDS) {
@@ -508,9 +498,11 @@ TEMPLATE_TEST_CASE("threading servers: descriptors are back to the baseline afte
     {
       test::Serving<Server<K>> serving(server, std::chrono::milliseconds(50));
       std::vector<ss::socket> clients;
-      for (int i = 0; i < N; ++i) clients.push_back(send_request<K>(server.server_address, "c", dir));
+      for (int i = 0; i < N; ++i)
+        clients.push_back(send_request<K>(server.server_address, "c", dir));
       for (const ss::socket& c : clients) CHECK(read_reply<K>(c) == "ok");
-      for (int i = 0; i < 10; ++i) CHECK(test::round_trip<K>(server.server_address, "s", dir) == "ok");
+      for (int i = 0; i < 10; ++i)
+        CHECK(test::round_trip<K>(server.server_address, "s", dir) == "ok");
     }
     server.server_close();
     // Every request's descriptor is closed by its thread before server_close() stops

@@ -66,8 +66,10 @@ void expect_equal(const std::string& got, const std::string& want, const std::st
 void expect_equal(const std::vector<std::string>& got, const std::vector<std::string>& want,
                   const std::string& op) {
   if (got.size() != want.size())
-    fail(op + ": got " + std::to_string(got.size()) + " lines, want " + std::to_string(want.size()));
-  for (std::size_t i = 0; i < got.size(); ++i) expect_equal(got[i], want[i], op + " line " + std::to_string(i));
+    fail(op + ": got " + std::to_string(got.size()) + " lines, want " +
+         std::to_string(want.size()));
+  for (std::size_t i = 0; i < got.size(); ++i)
+    expect_equal(got[i], want[i], op + " line " + std::to_string(i));
 }
 
 // Control values from the end of the input, data from the front (as FuzzedDataProvider).
@@ -105,7 +107,8 @@ struct Model {
   std::size_t max_line = 0;
 
   std::string read(std::ptrdiff_t n) {
-    const std::size_t len = n < 0 ? s.size() - p : std::min(static_cast<std::size_t>(n), s.size() - p);
+    const std::size_t len =
+        n < 0 ? s.size() - p : std::min(static_cast<std::size_t>(n), s.size() - p);
     std::string r = s.substr(p, len);
     p += len;
     return r;
@@ -275,7 +278,8 @@ class Feeder {
     if (n == 0) return;
     const ssize_t sent = ::send(fd_, stream_.data() + written_, n, MSG_DONTWAIT | MSG_NOSIGNAL);
     if (sent != static_cast<ssize_t>(n))
-      fail("harness: socket buffer full (" + std::to_string(sent) + " of " + std::to_string(n) + ")");
+      fail("harness: socket buffer full (" + std::to_string(sent) + " of " + std::to_string(n) +
+           ")");
     written_ += n;
   }
   void end() {
@@ -305,8 +309,8 @@ void check_accounting(const ss::reader& r, int fd, const Feeder& feeder, const M
 
 bool is_timeout(const std::system_error& e) { return e.code() == std::errc::timed_out; }
 
-void run_socket(const std::string& stream, Source& in, std::ptrdiff_t bufsize,
-                std::size_t max_line, bool interleaved, std::size_t chunk_max) {
+void run_socket(const std::string& stream, Source& in, std::ptrdiff_t bufsize, std::size_t max_line,
+                bool interleaved, std::size_t chunk_max) {
   int fds[2];
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0) fail("harness: socketpair");
   struct Closer {
@@ -329,9 +333,10 @@ void run_socket(const std::string& stream, Source& in, std::ptrdiff_t bufsize,
 
   for (int i = 0; i < 48; ++i) {
     const Step step = next_step(in);
-    g_context = mode + " bufsize=" + std::to_string(bufsize) + " max_line=" + std::to_string(max_line) +
-                " chunks<=" + std::to_string(chunk_max) + " stream=" + show(stream) + " step " +
-                std::to_string(i) + ": " + describe(step) + " at " + std::to_string(model.p);
+    g_context = mode + " bufsize=" + std::to_string(bufsize) +
+                " max_line=" + std::to_string(max_line) + " chunks<=" + std::to_string(chunk_max) +
+                " stream=" + show(stream) + " step " + std::to_string(i) + ": " + describe(step) +
+                " at " + std::to_string(model.p);
     const Expected want = expect(model, step);
     std::vector<std::string> got;
     try {
@@ -366,7 +371,8 @@ void run_memory(const std::string& stream, Source& in) {
   Model model{stream, 0, 0};  // a reader over memory has no line bound
   for (int i = 0; i < 48; ++i) {
     const Step step = next_step(in);
-    g_context = "memory stream=" + show(stream) + " step " + std::to_string(i) + ": " + describe(step);
+    g_context =
+        "memory stream=" + show(stream) + " step " + std::to_string(i) + ": " + describe(step);
     const Expected want = expect(model, step);
     expect_equal(perform(r, step), want.lines, describe(step));
     if (r.buffered() != stream.size() - model.p) fail("memory reader: buffered() is off");
@@ -451,16 +457,16 @@ void run(const std::string& input) {
 }
 
 bool sanitized() {
-#if defined(__has_feature)
-#  if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#  if defined(__has_feature)
+#    if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
   return true;
+#    endif
 #  endif
-#endif
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#  if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
   return true;
-#else
+#  else
   return false;
-#endif
+#  endif
 }
 
 }  // namespace
@@ -495,7 +501,8 @@ int main(int argc, char** argv) {
         for (std::size_t chunk_max : chunk_maxes)
           for (Mode mode : modes)
             for (int sequence = 0; sequence < 2; ++sequence) {
-              if (mode == Mode::memory && (bufsize != -1 || max_line != 0 || chunk_max != 1)) continue;
+              if (mode == Mode::memory && (bufsize != -1 || max_line != 0 || chunk_max != 1))
+                continue;
               std::vector<std::uint8_t> control(160);
               for (std::uint8_t& b : control) b = static_cast<std::uint8_t>(next_random() >> 32);
               Source in(control.data(), control.size());

@@ -140,6 +140,19 @@ inline const bool sanitizer_threads_started = [] {
   return true;
 }();
 
+/// Waits, polling every millisecond, until done() or `limit` has passed; returns done().
+/// Only for a state that nothing signals: a detached thread leaving the kernel's task list
+/// after it has told the server it is done.
+template <class F>
+bool eventually(F done, std::chrono::milliseconds limit = std::chrono::seconds(20)) {
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return true;
+}
+
 /// How many threads this process has.
 inline int thread_count() {
   int n = 0;
