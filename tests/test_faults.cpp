@@ -48,6 +48,7 @@
 
 #include "catch.hpp"
 #include "support/harness.hpp"
+#include "support/leaks.hpp"
 
 namespace {
 
@@ -62,18 +63,9 @@ constexpr std::chrono::seconds kWait{20};
 
 using test::eventually;
 
-struct Baseline {
-  int fds = test::open_fd_count();
-  int threads = test::thread_count();
-};
+using test::Baseline;
 
-// Everything the server had is gone: descriptors, threads, children.
-void check_nothing_left(const Baseline& before) {
-  CHECK(test::open_fd_count() == before.fds);
-  eventually([&] { return test::thread_count() == before.threads; });
-  CHECK(test::thread_count() == before.threads);
-  CHECK_FALSE(test::has_children());
-}
+using test::check_nothing_left;
 
 // --- Reports: a pipe any thread or forked child can post a line to -----------------------------
 

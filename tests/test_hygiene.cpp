@@ -25,6 +25,7 @@
 
 #include "catch.hpp"
 #include "support/harness.hpp"
+#include "support/leaks.hpp"
 
 #if defined(__has_feature)
 #  if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
@@ -65,17 +66,9 @@ int request_count() {
 
 using test::eventually;
 
-struct Baseline {
-  int fds = test::open_fd_count();
-  int threads = test::thread_count();
-};
+using test::Baseline;
 
-void check_nothing_left(const Baseline& before) {
-  CHECK(test::open_fd_count() == before.fds);
-  eventually([&] { return test::thread_count() == before.threads; });
-  CHECK(test::thread_count() == before.threads);
-  CHECK_FALSE(test::has_children());
-}
+using test::check_nothing_left;
 
 // Answers one line (stream) or one datagram with itself.
 struct LineEcho : ss::StreamRequestHandler<> {

@@ -35,6 +35,7 @@
 
 #include "catch.hpp"
 #include "support/harness.hpp"
+#include "support/leaks.hpp"
 
 namespace {
 
@@ -46,17 +47,9 @@ constexpr std::chrono::seconds kWait{20};
 
 using test::eventually;
 
-struct Baseline {
-  int fds = test::open_fd_count();
-  int threads = test::thread_count();
-};
+using test::Baseline;
 
-void check_nothing_left(const Baseline& before) {
-  CHECK(test::open_fd_count() == before.fds);
-  eventually([&] { return test::thread_count() == before.threads; });
-  CHECK(test::thread_count() == before.threads);
-  CHECK_FALSE(test::has_children());
-}
+using test::check_nothing_left;
 
 struct LineEcho : ss::StreamRequestHandler<> {
   void handle() { wfile.write(rfile.readline()); }
