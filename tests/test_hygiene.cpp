@@ -4,12 +4,12 @@
 // descriptors (/proc/self/fd), threads (/proc/self/task), child processes (zombies
 // included) and Unix socket files are back to what they were before the server existed.
 //
-// How many requests: 10,000 per kind for the synchronous and threading servers and 1,000
-// for the forking ones (a fork per request). Under AddressSanitizer or ThreadSanitizer,
-// which make a thread or a fork many times dearer, and under valgrind, fewer (see
-// request_count()); the point, that counts return to the baseline however many requests
-// went by, does not depend on the number. Each run also has a time budget, so a server that
-// slows down as it leaks fails instead of hanging.
+// How many requests: 10,000 per kind (a fork each for the forking ones). Under
+// AddressSanitizer or ThreadSanitizer, which make a fork many times dearer, 1,000 for the
+// forking kinds, and under valgrind 1,000 and 100 (see request_count()); the point, that
+// counts return to the baseline however many requests went by, does not depend on the
+// number. Each run also has a time budget, so a server that slows down as it leaks fails
+// instead of hanging.
 #include <poll.h>
 #include <sys/socket.h>
 
@@ -56,12 +56,9 @@ bool under_valgrind() {
 template <class K>
 int request_count() {
   const bool forking = K::concurrency == Concurrency::forking;
-  if (under_valgrind()) return forking ? 30 : 300;
-  if (HYGIENE_SANITIZED) {
-    if (forking) return 100;
-    return K::concurrency == Concurrency::threading ? 1000 : 2000;
-  }
-  return forking ? 1000 : 10000;
+  if (under_valgrind()) return forking ? 100 : 1000;
+  if (HYGIENE_SANITIZED) return forking ? 1000 : 10000;
+  return 10000;
 }
 
 using test::eventually;
