@@ -794,6 +794,26 @@ TEST_CASE("a reader timeout bounds readlines as a whole and read(n) against sile
   }
 }
 
+TEST_CASE("a read(n) that times out loses none of the bytes it had read", "[io][reader][timeout]") {
+  // For each buffer size, and for a read small enough to go through the buffer and one
+  // large enough to bypass it.
+  for (std::ptrdiff_t bufsize : {-1, 0, 7}) {
+    for (std::size_t size : {std::size_t{20}, std::size_t{100000}}) {
+      INFO("bufsize " << bufsize << ", read(" << size << ")");
+      Pair p = socket_pair();
+      ss::reader r(p.in, bufsize, 0, std::chrono::milliseconds(100));
+      const std::string first(size / 2, 'a');
+      const std::string second(size - first.size(), 'b');
+      p.out.sendall(first);
+      CHECK(error_of([&] { r.read(static_cast<std::ptrdiff_t>(size)); }) == std::errc::timed_out);
+      p.out.sendall(second);
+      CHECK(r.read(static_cast<std::ptrdiff_t>(size)) == first + second);
+      p.out.sendall("tail\n");
+      CHECK(r.readline() == "tail\n");
+    }
+  }
+}
+
 // --- writer ------------------------------------------------------------------------------
 
 TEST_CASE("an unbuffered writer sends every write at once", "[io][writer]") {

@@ -56,17 +56,27 @@ class reader {
     }
     const auto wanted = static_cast<std::size_t>(size);
     out = take(wanted);
-    while (out.size() < wanted && !eof_) {
-      const std::size_t missing = wanted - out.size();
-      if (missing >= bufsize_) {  // a large read bypasses the buffer
-        const std::size_t have = out.size();
-        out.resize(wanted);
-        const std::size_t got = receive(&out[have], missing);
-        out.resize(have + got);
-        if (got == 0) eof_ = true;
-      } else if (fill(missing)) {
-        out += take(missing);
+    std::size_t have = out.size();  // bytes of `out` that hold data
+    try {
+      while (have < wanted && !eof_) {
+        const std::size_t missing = wanted - have;
+        if (missing >= bufsize_) {  // a large read bypasses the buffer
+          out.resize(wanted);
+          const std::size_t got = receive(&out[have], missing);
+          have += got;
+          out.resize(have);
+          if (got == 0) eof_ = true;
+        } else if (fill(missing)) {
+          out += take(missing);
+          have = out.size();
+        }
       }
+    } catch (...) {
+      // A timeout or an error loses nothing: what was read goes back in front of the
+      // buffer, for the next read.
+      out.resize(have);
+      unread(out);
+      throw;
     }
     return out;
   }
@@ -154,6 +164,17 @@ class reader {
     std::string out(buffer_, begin_, n);
     begin_ += n;
     return out;
+  }
+
+  // Puts `bytes` back in front of the unread ones.
+  void unread(const std::string& bytes) {
+    if (bytes.size() <= begin_) {
+      begin_ -= bytes.size();
+      buffer_.replace(begin_, bytes.size(), bytes);
+    } else {
+      buffer_.insert(begin_, bytes);
+      end_ += bytes.size();
+    }
   }
 
   // Receives more bytes into the buffer (at most `hint` when unbuffered); false at end.
