@@ -5,13 +5,14 @@
 #include <sys/socket.h>  // shutdown, SHUT_RDWR
 
 #include <algorithm>           // std::max
+#include <atomic>              // std::atomic
 #include <chrono>              // std::chrono::duration
 #include <condition_variable>  // std::condition_variable
 #include <cstddef>             // std::size_t
 #include <cstdio>              // std::fprintf
 #include <deque>               // std::deque
+#include <memory>              // std::unique_ptr
 #include <mutex>               // std::mutex, std::unique_lock, std::lock_guard
-#include <set>                 // std::multiset
 #include <thread>              // std::thread
 #include <type_traits>         // std::is_same_v
 #include <utility>             // std::move
@@ -101,8 +102,7 @@ class ThreadPoolMixIn : public Base {
       if (!idle_.wait_for(lock, grace, [&] { return queue_.empty() && busy_ == 0; })) {
         unserved.swap(queue_);
         cut += unserved.size();
-        for (int fd : serving_fds_)
-          if (::shutdown(fd, SHUT_RDWR) == 0) ++cut;
+        for (std::size_t i = 0; i < workers_.size(); ++i) cut += shut_down_served(serving_[i]);
       }
     }
     room_.notify_all();
@@ -131,15 +131,20 @@ class ThreadPoolMixIn : public Base {
   void start_workers() {  // with mutex_ held
     stopping_ = false;
     const std::size_t n = std::max<std::size_t>(1, pool_size);
+    serving_.reset(new std::atomic<int>[n]);
+    for (std::size_t i = 0; i < n; ++i) serving_[i].store(no_fd);
     workers_.reserve(n);
     try {
-      for (std::size_t i = 0; i < n; ++i) workers_.emplace_back([this] { work(); });
+      for (std::size_t i = 0; i < n; ++i) workers_.emplace_back([this, i] { work(serving_[i]); });
     } catch (...) {
       if (workers_.empty()) throw;  // serve with the workers that did start
     }
   }
 
-  void work() {
+  // One request at a time: one lock to take a job (and account for the last one), none
+  // while serving. The condition variables are notified only when someone may wait.
+  void work(std::atomic<int>& slot) {
+    serving_fd_ = &slot;
     std::unique_lock<std::mutex> lock(mutex_);
     for (;;) {
       work_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
@@ -147,11 +152,10 @@ class ThreadPoolMixIn : public Base {
       job next = std::move(queue_.front());
       queue_.pop_front();
       ++busy_;
-      int fd = connection_fd(next.request);
-      if (fd >= 0) serving_fds_.insert(fd);
-      serving_fd_ = &fd;
+      const bool was_full = queue_.size() + 1 >= std::max<std::size_t>(1, queue_size);
+      slot.store(connection_fd(next.request), std::memory_order_release);
       lock.unlock();
-      room_.notify_one();
+      if (was_full) room_.notify_one();
       try {
         this->derived().process_request_thread(next.request, next.client_address);
       } catch (...) {
@@ -160,28 +164,45 @@ class ThreadPoolMixIn : public Base {
                      detail::describe_current_exception().c_str());
       }
       forget_serving_fd();
-      serving_fd_ = nullptr;
       lock.lock();
-      --busy_;
-      idle_.notify_all();
+      if (--busy_ == 0 && queue_.empty()) idle_.notify_all();
     }
   }
 
-  // The connection of the request a worker is serving, which drain() may shut down. The
-  // worker forgets it before the request is closed, so drain() never shuts down a
-  // descriptor number that has been reused.
+  // The connection of the request a worker is serving, which drain() may shut down.
   static int connection_fd(const request_type& request) noexcept {
     if constexpr (std::is_same_v<request_type, socketserver::socket>)
       return request.fileno();
     else
-      return -1;
+      return no_fd;
   }
 
-  void forget_serving_fd() {
-    if (serving_fd_ == nullptr || *serving_fd_ < 0) return;
-    std::lock_guard<std::mutex> lock(mutex_);
-    serving_fds_.erase(serving_fds_.find(*serving_fd_));
-    *serving_fd_ = -1;
+  // Each worker's slot holds the descriptor it serves. The worker empties it before the
+  // connection is closed, and drain() marks it while shutting that descriptor down, so
+  // drain() never shuts down a descriptor number that has been closed and reused.
+  static constexpr int no_fd = -1;
+  static constexpr int being_shut_down = -2;
+
+  void forget_serving_fd() noexcept {
+    if (serving_fd_ == nullptr) return;
+    int fd = serving_fd_->load(std::memory_order_acquire);
+    while (fd != no_fd) {
+      if (fd == being_shut_down) {  // drain() is in shutdown(): a system call's wait at most
+        std::this_thread::yield();
+        fd = serving_fd_->load(std::memory_order_acquire);
+      } else if (serving_fd_->compare_exchange_weak(fd, no_fd, std::memory_order_acq_rel)) {
+        return;
+      }
+    }
+  }
+
+  static std::size_t shut_down_served(std::atomic<int>& slot) noexcept {
+    int fd = slot.load(std::memory_order_acquire);
+    if (fd < 0 || !slot.compare_exchange_strong(fd, being_shut_down, std::memory_order_acq_rel))
+      return 0;
+    const bool cut = ::shutdown(fd, SHUT_RDWR) == 0;
+    slot.store(no_fd, std::memory_order_release);  // the worker closes it as usual
+    return cut ? 1 : 0;
   }
 
   void stop_workers() {
@@ -211,11 +232,11 @@ class ThreadPoolMixIn : public Base {
   }
 
   mutable std::mutex mutex_;
-  std::condition_variable work_;  // a job was queued, or stopping
-  std::condition_variable room_;  // the queue has room
-  std::condition_variable idle_;  // a worker finished a request
-  std::multiset<int> serving_fds_;
-  inline static thread_local int* serving_fd_ = nullptr;  // this worker's entry, if any
+  std::condition_variable work_;                 // a job was queued, or stopping
+  std::condition_variable room_;                 // the queue has room
+  std::condition_variable idle_;                 // a worker finished a request
+  std::unique_ptr<std::atomic<int>[]> serving_;  // a slot per worker
+  inline static thread_local std::atomic<int>* serving_fd_ = nullptr;  // this worker's slot
   std::deque<job> queue_;
   std::vector<std::thread> workers_;
   std::size_t busy_ = 0;
