@@ -2,6 +2,7 @@
 // reader and writer: the rfile and wfile of the request handlers.
 #pragma once
 
+#include <algorithm>    // std::max
 #include <chrono>       // std::chrono::steady_clock
 #include <cstddef>      // std::size_t, std::ptrdiff_t
 #include <cstring>      // std::memchr
@@ -180,8 +181,11 @@ class reader {
   // Receives more bytes into the buffer (at most `hint` when unbuffered); false at end.
   bool fill(std::size_t hint = static_cast<std::size_t>(-1)) {
     if (eof_) return false;
-    std::size_t want =
-        bufsize_ == 0 ? (hint == static_cast<std::size_t>(-1) ? 4096 : hint) : bufsize_;
+    std::size_t want = 0;
+    if (bufsize_ == 0)
+      want = hint == static_cast<std::size_t>(-1) ? 4096 : hint;
+    else  // a line longer than the buffer: grow it geometrically, not by bufsize each time
+      want = std::max(bufsize_, end_ - begin_);
     if (begin_ == end_) {
       begin_ = end_ = 0;
     } else if (begin_ > 0 && buffer_.size() - end_ < want) {
@@ -189,7 +193,10 @@ class reader {
       end_ -= begin_;
       begin_ = 0;
     }
-    if (buffer_.size() < end_ + want) buffer_.resize(end_ + want);
+    if (buffer_.size() < end_ + want)
+      buffer_.resize(end_ + want);
+    else if (bufsize_ != 0)
+      want = buffer_.size() - end_;  // a buffer grown for a long line: fill all of it
     const std::size_t got = receive(&buffer_[end_], want);
     if (got == 0) {
       eof_ = true;
