@@ -1,14 +1,17 @@
 // SPDX-License-Identifier: MIT
 // ours_server: this library's servers speaking the benchmark's line-echo protocol.
 //
-//   ours_server --type TYPE [--mode connrate|pingpong] [--port N | --unix PATH]
+//   ours_server --type TYPE [--mode connrate|pingpong] [--port N | --unix PATH] [--workers N]
 //
 // TYPE is a Python class name: TCPServer, ThreadingTCPServer, ForkingTCPServer, UDPServer,
 // ThreadingUDPServer, UnixStreamServer, ThreadingUnixStreamServer, ForkingUnixStreamServer.
 // Stream servers in connrate mode read one line, write it back and close (the docs'
 // pattern); in pingpong mode they echo lines until the client closes. Datagram servers echo
 // each datagram. The server binds 127.0.0.1 (port 0 by default) or the Unix path, prints the
-// bound port or path on stdout when ready, and serves until SIGTERM or SIGINT.
+// bound port or path on stdout when ready, and serves until SIGTERM or SIGINT. With
+// --workers N (N > 0) it serves with serve_forever_workers(N): N forked worker processes
+// share the listening socket, supervised by this process (prefork).
+#include <cstddef>
 #include <cstdio>
 #include <exception>
 #include <string>
@@ -59,7 +62,7 @@ struct has_daemon_threads<Server, std::void_t<decltype(std::declval<Server&>().d
     : std::true_type {};
 
 template <class Server>
-int serve(const ss::address& where) {
+int serve(const ss::address& where, std::size_t workers) {
   Server server(where);
   // Request threads must not keep the process alive after SIGTERM (CPython's usual setting
   // for servers that are stopped from outside; the destructor ends them cleanly).
@@ -67,14 +70,22 @@ int serve(const ss::address& where) {
   const ss::address& bound = server.server_address;
   bench::announce(bound.family() == AF_UNIX ? bound.path() : std::to_string(bound.port()));
   bench::StopSignalWaiter stop([&] { server.shutdown(); });
-  server.serve_forever();
+  if (workers == 0) {
+    server.serve_forever();
+  } else {
+    // The workers inherit the blocked SIGTERM and have no waiter thread: bench/run's SIGTERM
+    // to the group reaches only this supervisor, whose shutdown() closes the workers' pipe;
+    // each finishes its request and exits, and the supervisor reaps them before returning.
+    // They stay in the server's process group, where loadgen counts their CPU time.
+    server.serve_forever_workers(workers);
+  }
   return 0;
 }
 
 template <template <class, class> class Server>
-int serve_stream(const std::string& mode, const ss::address& where) {
-  if (mode == "connrate") return serve<BenchServer<Server, OneLine>>(where);
-  return serve<BenchServer<Server, Echo>>(where);
+int serve_stream(const std::string& mode, const ss::address& where, std::size_t workers) {
+  if (mode == "connrate") return serve<BenchServer<Server, OneLine>>(where, workers);
+  return serve<BenchServer<Server, Echo>>(where, workers);
 }
 
 int run(const bench::Args& args) {
@@ -90,27 +101,35 @@ int run(const bench::Args& args) {
   const ss::address where =
       is_unix ? ss::address(args.str("unix", ""))
               : ss::address("127.0.0.1", static_cast<int>(args.integer("port", 0)));
+  const long long worker_count = args.integer("workers", 0);
+  if (worker_count < 0 || worker_count > 1024) bench::die("--workers is 0 (no prefork) to 1024");
+  const auto workers = static_cast<std::size_t>(worker_count);
 
-  if (type == "TCPServer") return serve_stream<ss::tcp_server_t>(mode, where);
-  if (type == "ThreadingTCPServer") return serve_stream<ss::threading_tcp_server_t>(mode, where);
-  if (type == "ForkingTCPServer") return serve_stream<ss::forking_tcp_server_t>(mode, where);
-  if (type == "ThreadPoolTCPServer") return serve_stream<ss::thread_pool_tcp_server_t>(mode, where);
-  if (type == "UnixStreamServer") return serve_stream<ss::basic_unix_stream_server>(mode, where);
+  if (type == "TCPServer") return serve_stream<ss::tcp_server_t>(mode, where, workers);
+  if (type == "ThreadingTCPServer")
+    return serve_stream<ss::threading_tcp_server_t>(mode, where, workers);
+  if (type == "ForkingTCPServer")
+    return serve_stream<ss::forking_tcp_server_t>(mode, where, workers);
+  if (type == "ThreadPoolTCPServer")
+    return serve_stream<ss::thread_pool_tcp_server_t>(mode, where, workers);
+  if (type == "UnixStreamServer")
+    return serve_stream<ss::basic_unix_stream_server>(mode, where, workers);
   if (type == "ThreadingUnixStreamServer")
-    return serve_stream<ss::threading_unix_stream_server_t>(mode, where);
+    return serve_stream<ss::threading_unix_stream_server_t>(mode, where, workers);
   if (type == "ForkingUnixStreamServer")
-    return serve_stream<ss::forking_unix_stream_server_t>(mode, where);
-  if (type == "UDPServer") return serve<BenchServer<ss::basic_udp_server, DatagramEcho>>(where);
-  return serve<BenchServer<ss::threading_udp_server_t, DatagramEcho>>(where);
+    return serve_stream<ss::forking_unix_stream_server_t>(mode, where, workers);
+  if (type == "UDPServer")
+    return serve<BenchServer<ss::basic_udp_server, DatagramEcho>>(where, workers);
+  return serve<BenchServer<ss::threading_udp_server_t, DatagramEcho>>(where, workers);
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   bench::block_stop_signals();  // before any thread exists: only the waiter sees SIGTERM
-  const bench::Args args(argc, argv, {"type", "mode", "port", "unix"},
+  const bench::Args args(argc, argv, {"type", "mode", "port", "unix", "workers"},
                          "usage: ours_server --type TYPE [--mode connrate|pingpong] "
-                         "[--port N | --unix PATH]");
+                         "[--port N | --unix PATH] [--workers N]");
   try {
     return run(args);
   } catch (const std::exception& e) {

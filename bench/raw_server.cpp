@@ -10,23 +10,34 @@
 //   epoll    one non-blocking epoll loop per core (--threads, default: every core) sharing
 //            the listening socket with EPOLLEXCLUSIVE
 //   udp      a blocking recvfrom/sendto loop (vs UDPServer)
+//   udp-threads  recvfrom, then a detached thread per datagram that replies (vs
+//            ThreadingUDPServer: the floor of the thread-per-request model)
+//   pool     an acceptor thread feeding a bounded queue (64) of connections to --threads
+//            workers (default 8) (vs ThreadPoolTCPServer: the floor of that design)
+//   pool-accept  --threads workers (default 8) that take turns accepting under a mutex
+//            and serve what they accepted: a pool without the hand-off
 //
 // connrate: read one line, write it back, close. pingpong: echo lines until EOF. Prints
 // the bound port or path when ready; exits on SIGTERM or SIGINT.
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <exception>
+#include <mutex>
 #include <string>
 #include <system_error>
 #include <thread>
@@ -157,6 +168,103 @@ void run_udp(int fd) {
   }
 }
 
+/// A datagram's reply, sent from a thread of its own.
+struct DatagramJob {
+  int fd;
+  sockaddr_storage from;
+  socklen_t from_len;
+  std::string data;
+};
+
+void* reply_in_thread(void* arg) {
+  auto* job = static_cast<DatagramJob*>(arg);
+  (void)::sendto(job->fd, job->data.data(), job->data.size(), MSG_NOSIGNAL,
+                 reinterpret_cast<sockaddr*>(&job->from), job->from_len);
+  delete job;
+  return nullptr;
+}
+
+void run_udp_threads(int fd) {
+  char buf[max_datagram];
+  pthread_attr_t detached;
+  pthread_attr_init(&detached);
+  pthread_attr_setdetachstate(&detached, PTHREAD_CREATE_DETACHED);
+  for (;;) {
+    auto* job = new DatagramJob{fd, {}, sizeof(sockaddr_storage), {}};
+    const ssize_t got =
+        ::recvfrom(fd, buf, sizeof buf, 0, reinterpret_cast<sockaddr*>(&job->from), &job->from_len);
+    if (got < 0) {
+      delete job;
+      if (errno == EINTR || errno == ECONNREFUSED) continue;
+      fail("recvfrom");
+    }
+    job->data.assign(buf, static_cast<std::size_t>(got));
+    pthread_t id;
+    if (pthread_create(&id, &detached, reply_in_thread, job) != 0) delete job;
+  }
+}
+
+/// pool: the acceptor blocks in accept() and queues each connection (waiting while 64 are
+/// queued); the workers take them from the queue.
+class QueuePool {
+ public:
+  QueuePool(int listen_fd, bool one_line, long workers)
+      : listen_fd_(listen_fd), one_line_(one_line) {
+    for (long i = 0; i < workers; ++i) std::thread([this] { work(); }).detach();
+  }
+
+  [[noreturn]] void accept_forever() {
+    for (;;) {
+      const int fd = accept_retrying(listen_fd_, 0);
+      if (fd < 0) fail("accept");
+      std::unique_lock<std::mutex> lock(mutex_);
+      room_.wait(lock, [&] { return queue_.size() < capacity; });
+      queue_.push_back(fd);
+      lock.unlock();
+      work_.notify_one();
+    }
+  }
+
+ private:
+  static constexpr std::size_t capacity = 64;
+
+  [[noreturn]] void work() {
+    for (;;) {
+      std::unique_lock<std::mutex> lock(mutex_);
+      work_.wait(lock, [&] { return !queue_.empty(); });
+      const int fd = queue_.front();
+      queue_.pop_front();
+      lock.unlock();
+      room_.notify_one();
+      serve_blocking(fd, one_line_);
+    }
+  }
+
+  int listen_fd_;
+  bool one_line_;
+  std::mutex mutex_;
+  std::condition_variable work_, room_;
+  std::deque<int> queue_;
+};
+
+/// pool-accept: each worker, when free, takes the accept mutex, accepts one connection
+/// (trying first, then waiting in poll() on the non-blocking socket: only the mutex holder
+/// waits there, so a connection wakes one thread), releases the mutex and serves it.
+[[noreturn]] void run_pool_accept_worker(int listen_fd, bool one_line, std::mutex& accept_mutex) {
+  for (;;) {
+    int fd = -1;
+    {
+      std::lock_guard<std::mutex> lock(accept_mutex);
+      while ((fd = accept_retrying(listen_fd, 0)) < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK) fail("accept");
+        pollfd p{listen_fd, POLLIN, 0};
+        ::poll(&p, 1, -1);
+      }
+    }
+    serve_blocking(fd, one_line);
+  }
+}
+
 /// One connection of the epoll server: input in buf[0, have). While buf[out_begin, out_end)
 /// is waiting to be sent, the connection watches EPOLLOUT instead of EPOLLIN (`writing`).
 struct Connection {
@@ -279,19 +387,22 @@ std::thread start(Loop loop) {
 
 int main(int argc, char** argv) {
   bench::block_stop_signals();  // before any thread exists: only sigwait() below sees them
-  const bench::Args args(argc, argv, {"type", "mode", "port", "unix", "threads"},
-                         "usage: raw_server --type sync|threads|epoll|udp "
-                         "[--mode connrate|pingpong] [--port N | --unix PATH] [--threads N]");
-  const std::string type = args.choice("type", {"sync", "threads", "epoll", "udp"}, "threads");
+  const bench::Args args(
+      argc, argv, {"type", "mode", "port", "unix", "threads"},
+      "usage: raw_server --type sync|threads|epoll|udp|udp-threads|pool|pool-accept "
+      "[--mode connrate|pingpong] [--port N | --unix PATH] [--threads N]");
+  const std::string type = args.choice(
+      "type", {"sync", "threads", "epoll", "udp", "udp-threads", "pool", "pool-accept"}, "threads");
   const bool one_line = args.choice("mode", {"connrate", "pingpong"}, "connrate") == "connrate";
   const long cores = static_cast<long>(std::thread::hardware_concurrency());
   const long loops = args.integer("threads", cores > 0 ? cores : 1);
-  if (type == "udp" && args.has("unix")) bench::die("raw_server: udp takes --port");
+  const bool datagram = type == "udp" || type == "udp-threads";
+  if (datagram && args.has("unix")) bench::die("raw_server: udp takes --port");
 
   Listener listener;
   std::vector<std::thread> workers;
   try {
-    listener = make_socket(args, type == "udp" ? SOCK_DGRAM : SOCK_STREAM);
+    listener = make_socket(args, datagram ? SOCK_DGRAM : SOCK_STREAM);
     const int fd = listener.fd;
     if (type == "sync") {
       workers.push_back(start([=] { run_sync(fd, one_line); }));
@@ -299,6 +410,17 @@ int main(int argc, char** argv) {
       workers.push_back(start([=] { run_threads(fd, one_line); }));
     } else if (type == "udp") {
       workers.push_back(start([=] { run_udp(fd); }));
+    } else if (type == "udp-threads") {
+      workers.push_back(start([=] { run_udp_threads(fd); }));
+    } else if (type == "pool") {
+      const long n = args.has("threads") ? loops : 8;
+      workers.push_back(start([=] { QueuePool(fd, one_line, n).accept_forever(); }));
+    } else if (type == "pool-accept") {
+      if (::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK) < 0) fail("fcntl");
+      static std::mutex accept_mutex;
+      const long n = args.has("threads") ? loops : 8;
+      for (long i = 0; i < n; ++i)
+        workers.push_back(start([=] { run_pool_accept_worker(fd, one_line, accept_mutex); }));
     } else {
       if (::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK) < 0) fail("fcntl");
       for (long i = 0; i < loops; ++i)

@@ -1,17 +1,19 @@
 #!/usr/bin/env python3
 """report.py: turns bench/run's raw results into tables, RESULTS.md and results.svg.
 
-    report.py RESULTS_TSV --md OUT.md [--svg OUT.svg] [--meta KEY=VALUE ...]
+    report.py RESULTS_TSV --md OUT.md [--svg OUT.svg] [--meta KEY=VALUE ...] [--append NOTES.md]
 
 RESULTS_TSV has one line per measurement: workload label, server, run number, then the
 key=value line that loadgen (or shutdown_latency) printed. For every workload the table
 shows the median over the runs and the min-max spread; then the ratio of each of our servers
 to each of its peers (ours / peer: below 1 means less CPU per request, above 1 a higher
-rate). A ratio whose min-max spreads overlap is printed as "tie".
+rate), and for prefork servers (named SERVER/wN: N worker processes) each worker count to one
+worker (wN / w1). A ratio whose min-max spreads overlap is printed as "tie".
 """
 import argparse
 import math
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -28,9 +30,12 @@ PEERS = OrderedDict(
             ["raw/threads", "py/ThreadingTCPServer", "asio/blocking", "asio/async", "raw/epoll"],
         ),
         ("ours/ForkingTCPServer", ["py/ForkingTCPServer", "raw/threads"]),
-        ("ours/ThreadPoolTCPServer", ["ours/ThreadingTCPServer", "asio/async", "raw/epoll"]),
+        (
+            "ours/ThreadPoolTCPServer",
+            ["ours/ThreadingTCPServer", "asio/async", "raw/pool", "raw/pool-accept", "raw/epoll"],
+        ),
         ("ours/UDPServer", ["raw/udp", "py/UDPServer", "asio/udp"]),
-        ("ours/ThreadingUDPServer", ["raw/udp", "py/ThreadingUDPServer"]),
+        ("ours/ThreadingUDPServer", ["raw/udp-threads", "py/ThreadingUDPServer", "raw/udp"]),
         (
             "ours/ThreadingUnixStreamServer",
             ["raw/threads", "py/ThreadingUnixStreamServer", "asio/blocking", "asio/async",
@@ -38,6 +43,8 @@ PEERS = OrderedDict(
         ),
     ]
 )
+# A prefork server: "ours/TCPServer/w2" is ours/TCPServer serving with 2 worker processes.
+WORKERS = re.compile(r"^(?P<base>.+)/w(?P<n>[0-9]+)$")
 COLORS = {"ours": 0x1F77B4, "py": 0xFF7F0E, "asio": 0x2CA02C, "raw": 0x8C8C8C}
 
 
@@ -124,6 +131,18 @@ def total(runs, key):
     return int(sum(v for v in values if not math.isnan(v)))
 
 
+def worker_pairs(servers):
+    """(name, wN server, w1 server) for every prefork server with more than one worker whose
+    one-worker run is in the same table: throughput should grow with workers while CPU per
+    request stays flat."""
+    pairs = []
+    for server in servers:
+        match = WORKERS.match(server)
+        if match and int(match["n"]) > 1 and f"{match['base']}/w1" in servers:
+            pairs.append((f"{match['base']} w{match['n']} / w1", server, f"{match['base']}/w1"))
+    return pairs
+
+
 def timed_section(label, servers):
     unit = next((r.get("unit") for runs in servers.values() for r in runs if r.get("unit")), "op")
     stats = {}
@@ -170,6 +189,13 @@ def timed_section(label, servers):
             ratio_rows.append([f"{ours} / {peer}", cpu_text, rate_text])
     if ratio_rows:
         out += ["", table(["ours / peer", f"CPU µs/{unit} ratio", "rate ratio"], ratio_rows)]
+    worker_rows = []
+    for name, more, one in worker_pairs(stats):
+        cpu_text, _ = ratio(stats[more][1], stats[one][1])
+        rate_text, _ = ratio(stats[more][0], stats[one][0])
+        worker_rows.append([name, cpu_text, rate_text])
+    if worker_rows:
+        out += ["", table(["workers", f"CPU µs/{unit} ratio", "rate ratio"], worker_rows)]
     return "\n".join(out), stats, unit
 
 
@@ -258,14 +284,49 @@ def targets_section(timed, idle, shutdown):
             rows.append([f"{ours} CPU/req ≤ {limit}× {peer} ({label})",
                          f"{value:.2f} ({low:.2f}–{high:.2f})", verdict(value, low, high, limit)])
 
-    cpu_target("connrate", "ours/ThreadingTCPServer", "raw/threads", 1.1)
-    cpu_target("pingpong", "ours/ThreadingTCPServer", "raw/threads", 1.1)
+    def rate_target(label_prefix, ours, peer, at_least):
+        for label, (stats, _) in timed.items():
+            if not label.startswith(label_prefix) or ours not in stats or peer not in stats:
+                continue
+            a, b = stats[ours][0], stats[peer][0]
+            if not (a.ok and b.ok) or b.min == 0:
+                continue
+            value, low, high = a.median / b.median, a.min / b.max, a.max / b.min
+            text = "met" if value >= at_least else "missed"
+            if low < at_least <= high:
+                text += " (within noise)"
+            rows.append([f"{ours} rate ≥ {at_least}× {peer} ({label})",
+                         f"{value:.2f} ({low:.2f}–{high:.2f})", text])
+
+    # Issue 4's targets.
+    for workload in ("connrate", "pingpong"):
+        cpu_target(workload, "ours/ThreadingTCPServer", "raw/threads", 1.1)
+        rate_target(workload, "ours/ThreadingTCPServer", "raw/threads", 0.9)
+        cpu_target(workload, "ours/ThreadingTCPServer", "py/ThreadingTCPServer", 0.3)
     cpu_target("connrate", "ours/TCPServer", "raw/sync", 1.1)
     cpu_target("pingpong", "ours/TCPServer", "raw/sync", 1.1)
+    cpu_target("connrate", "ours/TCPServer", "py/TCPServer", 0.5)
     cpu_target("udp", "ours/UDPServer", "raw/udp", 1.1)
+    cpu_target("udp", "ours/UDPServer", "py/UDPServer", 0.5)
+    cpu_target("unix", "ours/ThreadingUnixStreamServer", "raw/threads", 1.1)
+    cpu_target("unix", "ours/ThreadingUnixStreamServer", "py/ThreadingUnixStreamServer", 0.5)
     cpu_target("connrate", "ours/ForkingTCPServer", "py/ForkingTCPServer", 0.25)
+    cpu_target("udp", "ours/ThreadingUDPServer", "py/ThreadingUDPServer", 0.2)
+    cpu_target("bulk", "ours/ThreadingTCPServer", "raw/threads", 1.1)
+    rate_target("bulk", "ours/ThreadingTCPServer", "raw/threads", 0.9)
+    # Issue 5's pool targets.
     cpu_target("connrate", "ours/ThreadPoolTCPServer", "ours/ThreadingTCPServer", 0.7)
     cpu_target("connrate", "ours/ThreadPoolTCPServer", "asio/async", 1.0)
+    rate_target("connrate", "ours/ThreadPoolTCPServer", "asio/async", 1.0)
+    # Floors: where the hand-written server of the same design stands against the target's
+    # peer (a target below its design's floor cannot be met by that design).
+    cpu_target("connrate", "raw/sync", "py/TCPServer", 0.5)
+    cpu_target("udp", "raw/udp", "py/UDPServer", 0.5)
+    cpu_target("pingpong", "raw/threads", "py/ThreadingTCPServer", 0.3)
+    cpu_target("udp", "raw/udp-threads", "py/ThreadingUDPServer", 0.2)
+    cpu_target("connrate", "raw/pool", "asio/async", 1.0)
+    cpu_target("connrate", "raw/pool-accept", "asio/async", 1.0)
+    cpu_target("connrate", "ours/ThreadPoolTCPServer", "raw/pool", 1.1)
     p99 = shutdown.get(("ours/ThreadingTCPServer", "shutdown-idle"), math.nan)
     if not math.isnan(p99):
         rows.append(["shutdown() p99 < 1 ms (idle)", f"{fmt(p99)} µs", "met" if p99 < 1000 else "missed"])
@@ -348,6 +409,7 @@ def main():
     parser.add_argument("--md", required=True)
     parser.add_argument("--svg")
     parser.add_argument("--meta", action="append", default=[], help="KEY=VALUE for the header")
+    parser.add_argument("--append", help="a Markdown file (the analysis) to add at the end")
     args = parser.parse_args()
 
     results = parse_results(args.results)
@@ -379,6 +441,9 @@ def main():
     svg_ok = bool(args.svg) and write_svg(timed, os.path.abspath(args.svg))
     if svg_ok:
         header += ["", f"![server CPU per request]({os.path.basename(args.svg)})"]
+    if args.append and os.path.exists(args.append):
+        with open(args.append, encoding="utf-8") as f:
+            body += "\n" + f.read()
     with open(args.md, "w", encoding="utf-8") as f:
         f.write("\n".join(header) + "\n\n" + body)
 

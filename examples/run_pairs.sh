@@ -73,5 +73,31 @@ run_pair "$bin/unix_stream_server $tmp/example.sock" "$bin/unix_client --path $t
 next_port; run_pair "$bin/production_server localhost $port" "$bin/tcp_client --port $port"
 next_port; run_pair "$bin/prefork_server localhost $port 2" "$bin/tcp_client --port $port"
 
+# max_threads: 8 clients at once against a server that runs at most 4 request threads (each
+# takes 100 ms a line): every client is answered, the last ones once a thread is free.
+run_bounded() {  # run_bounded SERVER-CMD CLIENT-CMD
+  local server=$1 client=$2 i
+  $server >"$tmp/server.out" 2>&1 &
+  local pid=$!; pids+=("$pid")
+  wait_ready $client ready || { cat "$tmp/server.out"; kill $pid; return; }
+  local clients=()
+  for i in 1 2 3 4 5 6 7 8; do
+    timeout 20 $client client $i >"$tmp/client.$i" 2>&1 &
+    clients+=($!)
+  done
+  for i in "${clients[@]}"; do wait "$i"; done
+  for i in 1 2 3 4 5 6 7 8; do
+    expect "$client (8 at once)" "Received: CLIENT $i" "$(cat "$tmp/client.$i")"
+  done
+  kill $pid; wait $pid 2>/dev/null
+  if grep -qE '^stopped: [0-9]+ connections served, at most [1-4] threads at once$' "$tmp/server.out"; then
+    echo "ok   $server: $(tail -n 1 "$tmp/server.out")"
+  else
+    echo "FAIL $server: more than 4 threads at once, or no summary:"; cat "$tmp/server.out"
+    failures=$((failures + 1))
+  fi
+}
+next_port; run_bounded "$bin/bounded_threads_server localhost $port" "$bin/tcp_client --port $port"
+
 echo "$(( failures == 0 ? 1 : 0 )) passed, $(( failures == 0 ? 0 : 1 )) failed"
 exit $(( failures == 0 ? 0 : 1 ))
