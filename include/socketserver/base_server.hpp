@@ -187,6 +187,17 @@ class BaseServer : public server_base {
       BaseServer* server;
       ~end_guard() { server->end_serving(); }
     } guard{this};
+    serve_loop(poll_interval, [this] { return !shutdown_requested(); });
+  }
+
+ protected:
+  /// serve_forever()'s loop, for as long as keep_going() (checked before each wait and after
+  /// each request). ThreadPoolMixIn runs it on its workers, one at a time; its socket is
+  /// already non-blocking (`nonblocking`), and a worker taking over the loop looks for a
+  /// request before it polls, as the one before it has just taken one.
+  template <class KeepGoing>
+  void serve_loop(std::chrono::duration<double> poll_interval, KeepGoing keep_going,
+                  bool nonblocking = false) {
     using clock = std::chrono::steady_clock;
     const int listen_fd = fileno();
     // While requests keep coming, take the next one without polling first (an accept or
@@ -202,7 +213,7 @@ class BaseServer : public server_base {
         if (fd >= 0) ::fcntl(fd, F_SETFL, flags);
       }
     } restore;
-    if (eager && Derived::socket_type == SOCK_STREAM && listen_fd >= 0) {
+    if (eager && Derived::socket_type == SOCK_STREAM && listen_fd >= 0 && !nonblocking) {
       const int flags = ::fcntl(listen_fd, F_GETFL);
       if (flags >= 0 && (flags & O_NONBLOCK) == 0 &&
           ::fcntl(listen_fd, F_SETFL, flags | O_NONBLOCK) == 0) {
@@ -212,8 +223,9 @@ class BaseServer : public server_base {
       eager = flags >= 0 && (::fcntl(listen_fd, F_GETFL) & O_NONBLOCK) != 0;  // never block
     }
     pollfd fds[3] = {{listen_fd, POLLIN, 0}, {wakeup_.fileno(), POLLIN, 0}, {stop_fd_, POLLIN, 0}};
-    int eager_streak = 0;  // requests taken without a poll: bounded, so wake-ups are seen
-    while (!shutdown_requested()) {
+    int eager_streak = eager && nonblocking ? 1 : 0;  // requests taken without a poll: bounded,
+                                                      // so wake-ups are seen
+    while (keep_going()) {
       if (listen_fd < 0) throw std::system_error(EBADF, std::system_category(), "serve_forever");
       if (eager_streak == 0) {
         timeout_type wait = poll_interval;
@@ -225,7 +237,7 @@ class BaseServer : public server_base {
         }
         for (pollfd& p : fds) p.revents = 0;
         detail::poll_for(fds, 3, wait);
-        if (shutdown_requested() || fds[2].revents != 0) break;  // bpo-35017: none after
+        if (!keep_going() || fds[2].revents != 0) break;  // bpo-35017: none after
         if (fds[0].revents & POLLNVAL)
           throw std::system_error(EBADF, std::system_category(), "serve_forever");
       }
@@ -233,10 +245,12 @@ class BaseServer : public server_base {
       const bool served = (eagerly || fds[0].revents != 0) && handle_request_noblock();
       eager_streak = eager && served && eager_streak < 64 ? eager_streak + 1 : 0;
       if (eagerly && !served) continue;  // nothing was waiting: poll, as if we had not looked
+      if (!keep_going()) break;
       derived().service_actions();
     }
   }
 
+ public:
   /// Prefork (beyond Python): serves on `workers` child processes, each running
   /// serve_forever() on this server's socket, until shutdown() is called (from another
   /// thread of this process). The parent only supervises: a worker that exits or dies is
@@ -516,7 +530,7 @@ class BaseServer : public server_base {
     stop_fd_ = stop_fd;
     int status = 0;
     try {
-      serve_forever(poll_interval);
+      derived().serve_forever(poll_interval);
     } catch (...) {
       std::fprintf(stderr, "socketserver: worker %ld stopped: %s\n", static_cast<long>(::getpid()),
                    detail::describe_current_exception().c_str());
