@@ -4,7 +4,8 @@
 //   ours_server --type TYPE [--mode connrate|pingpong] [--port N | --unix PATH] [--workers N]
 //
 // TYPE is a Python class name: TCPServer, ThreadingTCPServer, ForkingTCPServer, UDPServer,
-// ThreadingUDPServer, UnixStreamServer, ThreadingUnixStreamServer, ForkingUnixStreamServer.
+// ThreadingUDPServer, ThreadPoolUDPServer, UnixStreamServer, ThreadingUnixStreamServer,
+// ForkingUnixStreamServer, ThreadPoolTCPServer.
 // Stream servers in connrate mode read one line, write it back and close (the docs'
 // pattern); in pingpong mode they echo lines until the client closes. Datagram servers echo
 // each datagram. The server binds 127.0.0.1 (port 0 by default) or the Unix path, prints the
@@ -92,7 +93,7 @@ int run(const bench::Args& args) {
   const std::string type =
       args.choice("type",
                   {"TCPServer", "ThreadingTCPServer", "ForkingTCPServer", "ThreadPoolTCPServer",
-                   "UDPServer", "ThreadingUDPServer", "UnixStreamServer",
+                   "UDPServer", "ThreadingUDPServer", "ThreadPoolUDPServer", "UnixStreamServer",
                    "ThreadingUnixStreamServer", "ForkingUnixStreamServer"},
                   "ThreadingTCPServer");
   const std::string mode = args.choice("mode", {"connrate", "pingpong"}, "connrate");
@@ -120,6 +121,8 @@ int run(const bench::Args& args) {
     return serve_stream<ss::forking_unix_stream_server_t>(mode, where, workers);
   if (type == "UDPServer")
     return serve<BenchServer<ss::basic_udp_server, DatagramEcho>>(where, workers);
+  if (type == "ThreadPoolUDPServer")
+    return serve<BenchServer<ss::thread_pool_udp_server_t, DatagramEcho>>(where, workers);
   return serve<BenchServer<ss::threading_udp_server_t, DatagramEcho>>(where, workers);
 }
 

@@ -36,6 +36,7 @@ PEERS = OrderedDict(
         ),
         ("ours/UDPServer", ["raw/udp", "py/UDPServer", "asio/udp"]),
         ("ours/ThreadingUDPServer", ["raw/udp-threads", "py/ThreadingUDPServer", "raw/udp"]),
+        ("ours/ThreadPoolUDPServer", ["ours/ThreadingUDPServer", "py/ThreadingUDPServer", "raw/udp"]),
         (
             "ours/ThreadingUnixStreamServer",
             ["raw/threads", "py/ThreadingUnixStreamServer", "asio/blocking", "asio/async",
