@@ -28,6 +28,7 @@
 #endif
 
 #include "address.hpp"
+#include "detail/exclusive_wait.hpp"
 #include "detail/poll.hpp"
 #include "handlers.hpp"
 #include "server_base.hpp"
@@ -223,6 +224,9 @@ class BaseServer : public server_base {
       eager = flags >= 0 && (::fcntl(listen_fd, F_GETFL) & O_NONBLOCK) != 0;  // never block
     }
     pollfd fds[3] = {{listen_fd, POLLIN, 0}, {wakeup_.fileno(), POLLIN, 0}, {stop_fd_, POLLIN, 0}};
+    // A prefork worker (stop_fd_) shares its socket with the other workers: a request wakes
+    // one waiting worker, not all of them (where the system can; poll() otherwise).
+    detail::exclusive_wait exclusive(fds, 3, stop_fd_ >= 0);
     int eager_streak = eager && nonblocking ? 1 : 0;  // requests taken without a poll: bounded,
                                                       // so wake-ups are seen
     while (keep_going()) {
@@ -236,7 +240,10 @@ class BaseServer : public server_base {
                                                          accept_paused_until_ - clock::now());
         }
         for (pollfd& p : fds) p.revents = 0;
-        detail::poll_for(fds, 3, wait);
+        if (fds[0].fd >= 0 && exclusive.active())
+          exclusive.wait(fds, 3, wait);
+        else
+          detail::poll_for(fds, 3, wait);
         if (!keep_going() || fds[2].revents != 0) break;  // bpo-35017: none after
         if (fds[0].revents & POLLNVAL)
           throw std::system_error(EBADF, std::system_category(), "serve_forever");
@@ -260,11 +267,12 @@ class BaseServer : public server_base {
   /// this returns when all have.
   ///
   /// The workers share the one listening socket (a stream socket is made non-blocking while
-  /// they serve), so a worker woken for a request another worker took goes back to waiting. (One
-  /// socket works for every family, Unix included, and never hands a connection to a worker that
-  /// has exited; SO_REUSEPORT sockets would spread connections without the shared wake-up,
-  /// but a connection queued on an exiting worker's socket is lost.) A worker that loses
-  /// its parent stops as well. Each worker counts its own stats().
+  /// they serve). Each waits with EPOLLEXCLUSIVE on Linux, so a request wakes one waiting
+  /// worker, not all of them (elsewhere all wake, and those that find nothing wait again).
+  /// (One socket works for every family, Unix included, and never hands a connection to a
+  /// worker that has exited; SO_REUSEPORT sockets would spread connections without a shared
+  /// wake-up, but a connection queued on an exiting worker's socket is lost.) A worker that
+  /// loses its parent stops as well. Each worker counts its own stats().
   /// @throws std::invalid_argument for zero workers; std::system_error if fork() fails
   ///         for the first workers.
   void serve_forever_workers(std::size_t workers, std::chrono::duration<double> poll_interval =
