@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
 // ThreadPoolMixIn (a bounded pool and queue) and ThreadingMixIn::max_threads.
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
@@ -188,6 +189,87 @@ TEST_CASE("drain_on_close = false closes queued requests unserved", "[thread_poo
   CHECK(test::recv_all(clients[0]) == "queued 0\n");  // was being served: finished
   CHECK(test::recv_all(clients[1]).empty());          // queued: closed without a reply
   CHECK(test::recv_all(clients[2]).empty());
+}
+
+namespace {
+
+// Records how many threads are inside the server's accept-side hooks at once: the pool's
+// workers take turns running the serve loop, and those hooks must still see one at a time.
+struct HookCounting : socketserver::ThreadPoolTCPServer<StreamEcho, HookCounting> {
+  using base = socketserver::ThreadPoolTCPServer<StreamEcho, HookCounting>;
+  using base::base;
+  std::atomic<int> inside{0}, most_inside{0}, verified{0}, actions{0};
+
+  void enter() {
+    const int now = ++inside;
+    int most = most_inside.load();
+    while (now > most && !most_inside.compare_exchange_weak(most, now)) {
+    }
+    for (int i = 0; i < 50; ++i) std::this_thread::yield();  // widen the window for overlap
+  }
+  bool verify_request(socketserver::socket& request, const socketserver::address& client) {
+    enter();
+    ++verified;
+    const bool ok = base::verify_request(request, client);
+    --inside;
+    return ok;
+  }
+  void service_actions() {
+    enter();
+    ++actions;
+    --inside;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("a pool's workers run verify_request and service_actions one at a time",
+          "[thread_pool]") {
+  HookCounting server({"127.0.0.1", 0});
+  server.pool_size = 4;
+  constexpr int clients = 8, rounds = 25;
+  {
+    test::Serving<HookCounting> serving(server);
+    std::vector<std::thread> threads;
+    std::atomic<int> answered{0};
+    for (int c = 0; c < clients; ++c)
+      threads.emplace_back([&, c] {
+        for (int r = 0; r < rounds; ++r) {
+          const std::string message = "c" + std::to_string(c) + " r" + std::to_string(r);
+          socketserver::socket client = test::connect_to(server.server_address);
+          client.sendall(message);
+          client.shutdown(SHUT_WR);
+          if (test::recv_all(client) == message) ++answered;
+        }
+      });
+    for (std::thread& t : threads) t.join();
+    CHECK(answered == clients * rounds);
+  }
+  CHECK(server.verified == clients * rounds);
+  CHECK(server.actions >= 1);
+  CHECK(server.most_inside == 1);
+}
+
+TEST_CASE("a pool's shutdown() returns while its workers are still serving", "[thread_pool]") {
+  GatedPool::server_type server({"127.0.0.1", 0});
+  server.pool_size = 2;
+  std::vector<socketserver::socket> clients;
+  {
+    test::Serving<GatedPool::server_type> serving(server);
+    for (int i = 0; i < 2; ++i)
+      clients.push_back(send_line(server.server_address, "held " + std::to_string(i) + "\n"));
+    REQUIRE(server.gate.wait_entered(2));  // both workers are inside a handler
+    serving.stop();                        // shutdown(): must not wait for the handlers
+    CHECK_FALSE(server.is_serving());
+    CHECK(server.busy() == 2);
+  }
+  server.gate.release();
+  server.server_close();  // waits for the two requests, which finish normally
+  for (int i = 0; i < 2; ++i) {
+    clients[static_cast<std::size_t>(i)].shutdown(SHUT_WR);
+    CHECK(test::recv_all(clients[static_cast<std::size_t>(i)]) ==
+          "held " + std::to_string(i) + "\n");
+  }
 }
 
 TEST_CASE("ThreadingMixIn::max_threads bounds the running request threads", "[threading]") {
