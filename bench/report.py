@@ -274,30 +274,31 @@ def targets_section(timed, idle, shutdown):
     """The figures the library is judged against."""
     rows = []
 
-    def cpu_target(label_prefix, ours, peer, limit):
+    def ratio_target(label_prefix, ours, peer, limit, column, at_most):
+        """A row per matching workload: ours / peer on column 0 (rate) or 1 (CPU/req),
+        judged against `limit` as an upper (at_most) or lower bound."""
         for label, (stats, _) in timed.items():
             if not label.startswith(label_prefix) or ours not in stats or peer not in stats:
                 continue
-            a, b = stats[ours][1], stats[peer][1]
+            a, b = stats[ours][column], stats[peer][column]
             if not (a.ok and b.ok) or b.min == 0:
                 continue
             value, low, high = a.median / b.median, a.min / b.max, a.max / b.min
-            rows.append([f"{ours} CPU/req ≤ {limit}× {peer} ({label})",
-                         f"{value:.2f} ({low:.2f}–{high:.2f})", verdict(value, low, high, limit)])
+            if at_most:
+                text = verdict(value, low, high, limit)
+            else:
+                text = "met" if value >= limit else "missed"
+                if low < limit <= high:
+                    text += " (within noise)"
+            what = "CPU/req ≤" if at_most else "rate ≥"
+            rows.append([f"{ours} {what} {limit}× {peer} ({label})",
+                         f"{value:.2f} ({low:.2f}–{high:.2f})", text])
+
+    def cpu_target(label_prefix, ours, peer, limit):
+        ratio_target(label_prefix, ours, peer, limit, 1, True)
 
     def rate_target(label_prefix, ours, peer, at_least):
-        for label, (stats, _) in timed.items():
-            if not label.startswith(label_prefix) or ours not in stats or peer not in stats:
-                continue
-            a, b = stats[ours][0], stats[peer][0]
-            if not (a.ok and b.ok) or b.min == 0:
-                continue
-            value, low, high = a.median / b.median, a.min / b.max, a.max / b.min
-            text = "met" if value >= at_least else "missed"
-            if low < at_least <= high:
-                text += " (within noise)"
-            rows.append([f"{ours} rate ≥ {at_least}× {peer} ({label})",
-                         f"{value:.2f} ({low:.2f}–{high:.2f})", text])
+        ratio_target(label_prefix, ours, peer, at_least, 0, False)
 
     # Issue 4's targets.
     for workload in ("connrate", "pingpong"):
