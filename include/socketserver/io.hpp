@@ -211,12 +211,13 @@ class reader {
   }
 
   // recv() within the current operation's deadline: try without blocking, then wait for
-  // readability with the time that is left. The deadline is checked before every recv(),
-  // not only when one would block: a peer that always has the next byte there in time
-  // must not keep a readline() going past it either.
+  // readability with the time that is left. With a positive timeout the deadline is checked
+  // before every recv(), not only when one would block: a peer that always has the next
+  // byte there in time must not keep a readline() going past it either. (A zero timeout is
+  // non-blocking mode: take what is there, fail only when the socket is empty.)
   std::size_t receive(char* buf, std::size_t n) {
     if (!timeout_) return sock_.recv(buf, n);
-    if (clock::now() >= deadline_)
+    if (timeout_->count() > 0 && clock::now() >= deadline_)
       detail::throw_error(std::make_error_code(std::errc::timed_out), "recv");
     for (;;) {
       std::error_code ec;
