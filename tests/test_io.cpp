@@ -828,6 +828,36 @@ TEST_CASE("an unbuffered writer sends every write at once", "[io][writer]") {
   CHECK(pending(p.in.fileno()) == "");
 }
 
+TEST_CASE("a writer timeout bounds a whole write against a peer that reads a little at a time",
+          "[io][writer][timeout]") {
+  for (std::ptrdiff_t bufsize : {0, 1024}) {
+    INFO("bufsize " << bufsize);
+    Pair p = socket_pair();
+    ss::writer w(p.out, bufsize, std::chrono::milliseconds(200));
+    std::atomic<bool> write_ended{false}, peer_gave_up{false};
+    std::thread slow_peer([&] {
+      // Takes 4 KiB every 20 ms, for 5 s at most: each send() makes progress well within
+      // the timeout, so only a deadline for the whole write can end it.
+      char buf[4096];
+      const auto limit = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+      while (!write_ended) {
+        if (std::chrono::steady_clock::now() > limit) {
+          peer_gave_up = true;
+          break;
+        }
+        std::error_code ec;
+        (void)p.in.recv(buf, sizeof buf, MSG_DONTWAIT, ec);
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));  // the slow peer's pace
+      }
+    });
+    const std::string large(8 << 20, 'x');
+    CHECK(error_of([&] { w.write(large); }) == std::errc::timed_out);
+    write_ended = true;
+    slow_peer.join();
+    CHECK_FALSE(peer_gave_up);  // the write ended while the peer was still reading
+  }
+}
+
 TEST_CASE("a buffered writer holds data until flush() or until the buffer would overflow",
           "[io][writer]") {
   Pair p = socket_pair();

@@ -185,7 +185,7 @@ class StreamRequestHandler : public BaseRequestHandler<socket, Server>,
       (void)::setsockopt(connection.fileno(), IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
     }
     rfile = reader(connection, options_.rbufsize, options_.max_line_length, options_.timeout);
-    wfile = writer(connection, options_.wbufsize);
+    wfile = writer(connection, options_.wbufsize, options_.timeout);
   }
 
   /// Flushes wfile (a peer that has gone away is not an error here) and closes both files.

@@ -251,9 +251,14 @@ class writer {
  public:
   /// Collects writes in memory.
   writer() = default;
-  writer(socket_view sock, std::ptrdiff_t bufsize)
+  /// Writes to `sock`. bufsize < 0 picks the default (8192); 0 sends every write at once.
+  /// A positive `timeout` bounds each write() and flush() as a whole, as Python's sendall()
+  /// does: a peer that reads a little at a time cannot hold a large write open past it
+  /// (std::system_error with std::errc::timed_out). A zero timeout is non-blocking mode.
+  writer(socket_view sock, std::ptrdiff_t bufsize, timeout_type timeout = std::nullopt)
       : sock_(sock),
-        bufsize_(bufsize < 0 ? reader::default_buffer_size : static_cast<std::size_t>(bufsize)) {}
+        bufsize_(bufsize < 0 ? reader::default_buffer_size : static_cast<std::size_t>(bufsize)),
+        timeout_(timeout) {}
 
   /// Writes all of data; returns data.size().
   std::size_t write(std::string_view data) {
@@ -261,13 +266,13 @@ class writer {
     if (!sock_.is_open()) {
       buffer_.append(data);
     } else if (bufsize_ == 0) {
-      sock_.sendall(data);
+      send_all(data);
     } else {
       // As Python's BufferedWriter: what fits is buffered; otherwise the buffer is sent, then
       // a write larger than the buffer goes out directly and a smaller one is buffered.
       if (buffer_.size() + data.size() > bufsize_) flush();
       if (data.size() > bufsize_)
-        sock_.sendall(data);
+        send_all(data);
       else
         buffer_.append(data);
     }
@@ -299,11 +304,36 @@ class writer {
     if (!sock_.is_open() || buffer_.empty()) return;
     std::string pending;
     pending.swap(buffer_);  // on failure the bytes are dropped, as the peer is gone
-    sock_.sendall(pending);
+    send_all(pending);
+  }
+
+  // sendall() within one deadline for the whole call: send without blocking while the
+  // socket takes bytes, and wait for room with the time that is left.
+  void send_all(std::string_view data) {
+    if (!timeout_ || timeout_->count() <= 0) {
+      sock_.sendall(data);
+      return;
+    }
+    using clock = std::chrono::steady_clock;
+    const auto deadline = clock::now() + std::chrono::duration_cast<clock::duration>(*timeout_);
+    while (!data.empty()) {
+      std::error_code ec;
+      const std::size_t sent = sock_.send(data, MSG_DONTWAIT, ec);
+      if (!ec) {
+        data.remove_prefix(sent);
+        continue;
+      }
+      if (ec != std::errc::resource_unavailable_try_again && ec != std::errc::operation_would_block)
+        detail::throw_error(ec, "sendall");
+      const auto left = deadline - clock::now();
+      if (left <= clock::duration::zero() || !detail::wait_writable(sock_.fileno(), left))
+        detail::throw_error(std::make_error_code(std::errc::timed_out), "sendall");
+    }
   }
 
   socket_view sock_;
   std::size_t bufsize_ = 0;
+  timeout_type timeout_;
   std::string buffer_;
   bool closed_ = false;
 };

@@ -47,5 +47,11 @@ inline bool wait_readable(int fd, timeout_type timeout) {
   return poll_for(&p, 1, timeout) > 0;
 }
 
+/// Waits until fd is writable (or has failed: the next send says how); false on timeout.
+inline bool wait_writable(int fd, timeout_type timeout) {
+  pollfd p{fd, POLLOUT, 0};
+  return poll_for(&p, 1, timeout) > 0;
+}
+
 }  // namespace detail
 }  // namespace socketserver
