@@ -272,6 +272,106 @@ TEST_CASE("a pool's shutdown() returns while its workers are still serving", "[t
   }
 }
 
+namespace {
+
+// Echoes everything, noting which thread served each request and how many were taken.
+struct NotingHandler;
+struct ThreadNoting : socketserver::ThreadPoolTCPServer<NotingHandler, ThreadNoting> {
+  using base = socketserver::ThreadPoolTCPServer<NotingHandler, ThreadNoting>;
+  using base::base;
+  std::mutex mutex;
+  std::condition_variable changed;
+  std::vector<std::thread::id> threads;
+  int taken = 0;
+  void process_request(socketserver::socket& request, const socketserver::address& client) {
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      ++taken;
+      changed.notify_all();
+    }
+    base::process_request(request, client);
+  }
+  bool wait_taken(int n) {
+    std::unique_lock<std::mutex> lock(mutex);
+    return changed.wait_for(lock, 20s, [&] { return taken >= n; });
+  }
+};
+struct NotingHandler : socketserver::StreamRequestHandler<ThreadNoting> {
+  void handle() {
+    {
+      std::lock_guard<std::mutex> lock(server.mutex);
+      server.threads.push_back(std::this_thread::get_id());
+    }
+    wfile.write(rfile.read());
+  }
+};
+
+}  // namespace
+
+TEST_CASE("a pool serves requests that need not wait on the worker that accepted them",
+          "[thread_pool]") {
+  ThreadNoting server({"127.0.0.1", 0});
+  server.pool_size = 4;
+  server.handoff_after = std::chrono::hours(1);  // no takeover: only waiting hands the loop on
+  // Every request is complete in the listen backlog (request_queue_size 5) before serving
+  // starts, so none waits.
+  constexpr int requests = 5;
+  std::vector<socketserver::socket> clients;
+  for (int i = 0; i < requests; ++i) {
+    clients.push_back(send_line(server.server_address, "whole " + std::to_string(i) + "\n"));
+    clients.back().shutdown(SHUT_WR);
+  }
+  test::Serving<ThreadNoting> serving(server);
+  for (int i = 0; i < requests; ++i)
+    CHECK(test::recv_all(clients[static_cast<std::size_t>(i)]) ==
+          "whole " + std::to_string(i) + "\n");
+  std::lock_guard<std::mutex> lock(server.mutex);
+  REQUIRE(server.threads.size() == requests);
+  for (const std::thread::id& id : server.threads) CHECK(id == server.threads.front());
+}
+
+TEST_CASE("a pool worker whose request waits for its bytes hands the loop on", "[thread_pool]") {
+  ThreadNoting server({"127.0.0.1", 0});
+  server.pool_size = 2;
+  server.handoff_after = std::chrono::hours(1);  // no takeover: only waiting hands the loop on
+  test::Serving<ThreadNoting> serving(server);
+  socketserver::socket silent = test::connect_to(server.server_address);
+  REQUIRE(server.wait_taken(1));  // its worker now waits in rfile.read() for the bytes
+  socketserver::socket prompt = send_line(server.server_address, "prompt\n");
+  prompt.shutdown(SHUT_WR);
+  CHECK(test::recv_all(prompt) == "prompt\n");  // served while the first still waits
+  silent.sendall("late\n");
+  silent.shutdown(SHUT_WR);
+  CHECK(test::recv_all(silent) == "late\n");
+}
+
+TEST_CASE("a pool takes the loop from a handler that waits outside the library's I/O",
+          "[thread_pool]") {
+  GatedPool::server_type server({"127.0.0.1", 0});
+  server.pool_size = 2;
+  std::chrono::duration<double> handoff_after{};
+  SECTION("after handoff_after") { handoff_after = 5ms; }
+  SECTION("at once with handoff_after = 0") { handoff_after = 0s; }
+  server.handoff_after = handoff_after;
+  std::vector<socketserver::socket> clients;
+  {
+    test::Serving<GatedPool::server_type> serving(server);
+    for (int i = 0; i < 2; ++i) {
+      clients.push_back(send_line(server.server_address, "gated " + std::to_string(i) + "\n"));
+      // The first handler waits at the gate (not in the library's I/O) with the loop in
+      // hand; the second request is accepted only once the loop is taken from it.
+      REQUIRE(server.gate.wait_entered(i + 1));
+    }
+    CHECK(server.busy() == 2);
+    server.gate.release();
+  }
+  for (int i = 0; i < 2; ++i) {
+    clients[static_cast<std::size_t>(i)].shutdown(SHUT_WR);
+    CHECK(test::recv_all(clients[static_cast<std::size_t>(i)]) ==
+          "gated " + std::to_string(i) + "\n");
+  }
+}
+
 TEST_CASE("ThreadingMixIn::max_threads bounds the running request threads", "[threading]") {
   GatedThreading::server_type server({"127.0.0.1", 0});
   server.max_threads = 2;

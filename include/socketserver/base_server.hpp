@@ -9,6 +9,7 @@
 #include <unistd.h>       // syscall, getpid, _exit
 
 #include <algorithm>     // std::min
+#include <atomic>        // std::atomic
 #include <chrono>        // std::chrono
 #include <cstddef>       // std::size_t
 #include <cstdio>        // std::fprintf, stderr
@@ -148,6 +149,17 @@ struct has_nothrow_get_request<
         std::declval<Request&>(), std::declval<address&>(), std::declval<std::error_code&>()))>>
     : std::true_type {};
 
+/// The part of serve_loop() that runs one thread at a time when several threads run the loop
+/// at once (ThreadPoolMixIn): get_request() with verify_request(), and service_actions().
+/// This one is for the usual single loop, which needs no lock.
+struct single_loop {
+  bool shared() const noexcept { return false; }  // other threads wait on the same socket
+  void enter() noexcept {}
+  void leave() noexcept {}
+  // The loop looked for a request and found none; false ends the loop.
+  bool nothing_waiting() noexcept { return true; }
+};
+
 }  // namespace detail
 
 /// Base class for server classes (Python's BaseServer), with the hooks as CRTP customisation
@@ -193,12 +205,13 @@ class BaseServer : public server_base {
 
  protected:
   /// serve_forever()'s loop, for as long as keep_going() (checked before each wait and after
-  /// each request). ThreadPoolMixIn runs it on its workers, one at a time; its socket is
-  /// already non-blocking (`nonblocking`), and a worker taking over the loop looks for a
-  /// request before it polls, as the one before it has just taken one.
-  template <class KeepGoing>
+  /// each request). ThreadPoolMixIn runs it on several workers at once, with `section`
+  /// making them take turns for the hooks (see detail::single_loop); its socket is already
+  /// non-blocking (`nonblocking`), and a worker taking over the loop looks for a request
+  /// before it polls, as the one before it has just taken one.
+  template <class KeepGoing, class Section = detail::single_loop>
   void serve_loop(std::chrono::duration<double> poll_interval, KeepGoing keep_going,
-                  bool nonblocking = false) {
+                  bool nonblocking = false, Section&& section = Section()) {
     using clock = std::chrono::steady_clock;
     const int listen_fd = fileno();
     // While requests keep coming, take the next one without polling first (an accept or
@@ -207,6 +220,11 @@ class BaseServer : public server_base {
     // with a stream socket made non-blocking while serving.
     // (A datagram server's get_request receives with MSG_DONTWAIT, and its socket stays
     // blocking for the handlers' replies.)
+    struct in_section {  // leave() may be called twice: it leaves once
+      explicit in_section(Section& s) : section(s) { section.enter(); }
+      ~in_section() { section.leave(); }
+      Section& section;
+    };
     bool eager = detail::has_nothrow_get_request<Derived, Request>::value;
     struct restore_flags {
       int fd = -1, flags = 0;
@@ -224,9 +242,10 @@ class BaseServer : public server_base {
       eager = flags >= 0 && (::fcntl(listen_fd, F_GETFL) & O_NONBLOCK) != 0;  // never block
     }
     pollfd fds[3] = {{listen_fd, POLLIN, 0}, {wakeup_.fileno(), POLLIN, 0}, {stop_fd_, POLLIN, 0}};
-    // A prefork worker (stop_fd_) shares its socket with the other workers: a request wakes
-    // one waiting worker, not all of them (where the system can; poll() otherwise).
-    detail::exclusive_wait exclusive(fds, 3, stop_fd_ >= 0);
+    // A prefork worker (stop_fd_) shares its socket with the other workers, a pool's leader
+    // with the other leaders: a request wakes one waiting loop, not all of them (where the
+    // system can; poll() otherwise).
+    detail::exclusive_wait exclusive(fds, 3, stop_fd_ >= 0 || section.shared());
     int eager_streak = eager && nonblocking ? 1 : 0;  // requests taken without a poll: bounded,
                                                       // so wake-ups are seen
     while (keep_going()) {
@@ -234,10 +253,11 @@ class BaseServer : public server_base {
       if (eager_streak == 0) {
         timeout_type wait = poll_interval;
         fds[0].fd = listen_fd;
-        if (accept_paused_until_ > clock::now()) {  // out of descriptors: wait, then retry
-          fds[0].fd = -1;                           // poll() skips it
-          wait = std::min<std::chrono::duration<double>>(poll_interval,
-                                                         accept_paused_until_ - clock::now());
+        const auto paused_until = accept_paused_until();
+        if (paused_until > clock::now()) {  // out of descriptors: wait, then retry
+          fds[0].fd = -1;                   // poll() skips it
+          wait =
+              std::min<std::chrono::duration<double>>(poll_interval, paused_until - clock::now());
         }
         for (pollfd& p : fds) p.revents = 0;
         if (fds[0].fd >= 0 && exclusive.active())
@@ -249,10 +269,18 @@ class BaseServer : public server_base {
           throw std::system_error(EBADF, std::system_category(), "serve_forever");
       }
       const bool eagerly = eager_streak > 0;
-      const bool served = (eagerly || fds[0].revents != 0) && handle_request_noblock();
+      bool served = false;
+      if (eagerly || fds[0].revents != 0) {
+        in_section turn(section);
+        served = handle_request_noblock();  // (process_request() may leave the section)
+      }
       eager_streak = eager && served && eager_streak < 64 ? eager_streak + 1 : 0;
-      if (eagerly && !served) continue;  // nothing was waiting: poll, as if we had not looked
+      if (eagerly && !served) {  // nothing was waiting: poll, as if we had not looked
+        if (!section.nothing_waiting()) break;
+        continue;
+      }
       if (!keep_going()) break;
+      in_section turn(section);
       derived().service_actions();
     }
   }
@@ -514,7 +542,8 @@ class BaseServer : public server_base {
         return false;
       }
     }
-    accept_pause_ = std::chrono::milliseconds(0);
+    if (accept_pause_ms_.load(std::memory_order_relaxed) != 0)
+      accept_pause_ms_.store(0, std::memory_order_relaxed);
     count(counters_.accepted);
     if (derived().verify_request(request, client_address)) {
       try {
@@ -567,15 +596,22 @@ class BaseServer : public server_base {
                   server_address.to_string() + " (is the server activated?)");
     if (detail::is_resource_exhaustion(ec)) {
       using namespace std::chrono;
-      accept_pause_ = accept_pause_ == milliseconds(0)
-                          ? milliseconds(10)
-                          : std::min(accept_pause_ * 2, milliseconds(1000));
-      accept_paused_until_ = steady_clock::now() + accept_pause_;
+      const int previous = accept_pause_ms_.load(std::memory_order_relaxed);
+      const int pause = previous == 0 ? 10 : std::min(previous * 2, 1000);
+      accept_pause_ms_.store(pause, std::memory_order_relaxed);
+      accept_paused_until_.store(
+          (steady_clock::now() + milliseconds(pause)).time_since_epoch().count(),
+          std::memory_order_relaxed);
     }
   }
 
-  std::chrono::milliseconds accept_pause_{0};
-  std::chrono::steady_clock::time_point accept_paused_until_{};
+  // The accept pause, which every thread running the loop reads (ThreadPoolMixIn's leaders).
+  std::atomic<int> accept_pause_ms_{0};
+  std::atomic<std::chrono::steady_clock::rep> accept_paused_until_{0};
+  std::chrono::steady_clock::time_point accept_paused_until() const noexcept {
+    return std::chrono::steady_clock::time_point(
+        std::chrono::steady_clock::duration(accept_paused_until_.load(std::memory_order_relaxed)));
+  }
 };
 
 }  // namespace socketserver

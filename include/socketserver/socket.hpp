@@ -17,6 +17,7 @@
 #include <utility>       // std::pair, std::exchange
 
 #include "address.hpp"
+#include "detail/blocking.hpp"
 #include "error.hpp"
 
 namespace socketserver {
@@ -45,7 +46,8 @@ class socket_view {
     return got;
   }
   std::size_t recv(void* buf, std::size_t n, int flags, std::error_code& ec) const noexcept {
-    ssize_t got = detail::retry_on_eintr([&] { return ::recv(fd_, buf, n, flags); });
+    ssize_t got =
+        detail::blocking_io(fd_, POLLIN, flags, [&](int f) { return ::recv(fd_, buf, n, f); });
     return finish_io(got, flags, ec);
   }
   /// Receives up to bufsize bytes, as Python's recv(): an empty string means end of stream.
@@ -63,8 +65,9 @@ class socket_view {
     return sent;
   }
   std::size_t send(std::string_view data, int flags, std::error_code& ec) const noexcept {
-    ssize_t sent = detail::retry_on_eintr(
-        [&] { return ::send(fd_, data.data(), data.size(), flags | MSG_NOSIGNAL); });
+    ssize_t sent = detail::blocking_io(fd_, POLLOUT, flags, [&](int f) {
+      return ::send(fd_, data.data(), data.size(), f | MSG_NOSIGNAL);
+    });
     return finish_io(sent, flags, ec);
   }
 
@@ -85,8 +88,8 @@ class socket_view {
 
   /// Sends one datagram to `to`; returns the bytes sent.
   std::size_t sendto(std::string_view data, const address& to, int flags = 0) const {
-    ssize_t sent = detail::retry_on_eintr([&] {
-      return ::sendto(fd_, data.data(), data.size(), flags | MSG_NOSIGNAL, to.data(), to.size());
+    ssize_t sent = detail::blocking_io(fd_, POLLOUT, flags, [&](int f) {
+      return ::sendto(fd_, data.data(), data.size(), f | MSG_NOSIGNAL, to.data(), to.size());
     });
     std::error_code ec;
     std::size_t n = finish_io(sent, flags, ec);
@@ -98,8 +101,9 @@ class socket_view {
   std::pair<std::string, address> recvfrom(std::size_t bufsize, int flags = 0) const {
     std::pair<std::string, address> result{std::string(bufsize, '\0'), address()};
     socklen_t len = address::capacity();
-    ssize_t got = detail::retry_on_eintr([&] {
-      return ::recvfrom(fd_, result.first.data(), bufsize, flags, result.second.data(), &len);
+    ssize_t got = detail::blocking_io(fd_, POLLIN, flags, [&](int f) {
+      len = address::capacity();
+      return ::recvfrom(fd_, result.first.data(), bufsize, f, result.second.data(), &len);
     });
     std::error_code ec;
     result.first.resize(finish_io(got, flags, ec));

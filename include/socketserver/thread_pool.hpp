@@ -12,6 +12,7 @@
 #include <chrono>              // std::chrono::duration
 #include <condition_variable>  // std::condition_variable
 #include <cstddef>             // std::size_t
+#include <cstdint>             // std::uint64_t
 #include <cstdio>              // std::fprintf
 #include <deque>               // std::deque
 #include <exception>           // std::exception_ptr, std::current_exception
@@ -30,6 +31,48 @@
 #include "socket.hpp"
 
 namespace socketserver {
+namespace detail {
+
+// The type of &T::verify_request (and so on); void where it cannot be named (overloaded).
+template <class T, class = void>
+struct verify_request_type {
+  using type = void;
+};
+template <class T>
+struct verify_request_type<T, std::void_t<decltype(&T::verify_request)>> {
+  using type = decltype(&T::verify_request);
+};
+template <class T, class = void>
+struct service_actions_type {
+  using type = void;
+};
+template <class T>
+struct service_actions_type<T, std::void_t<decltype(&T::service_actions)>> {
+  using type = decltype(&T::service_actions);
+};
+template <class T, class = void>
+struct get_request_error_type {
+  using type = void;
+};
+template <class T>
+struct get_request_error_type<T, std::void_t<decltype(&T::handle_get_request_error)>> {
+  using type = decltype(&T::handle_get_request_error);
+};
+
+/// True when Derived redefines a hook that the serve loop calls besides process_request():
+/// get_request(), verify_request(), service_actions() or handle_get_request_error(). The
+/// library's own are safe to call from several threads at once; a user's may not be.
+template <class Derived, class Base>
+constexpr bool redefines_loop_hooks =
+    !has_nothrow_get_request<Derived, typename Base::request_type>::value ||
+    !std::is_same_v<typename verify_request_type<Derived>::type,
+                    typename verify_request_type<Base>::type> ||
+    !std::is_same_v<typename service_actions_type<Derived>::type,
+                    typename service_actions_type<Base>::type> ||
+    !std::is_same_v<typename get_request_error_type<Derived>::type,
+                    typename get_request_error_type<Base>::type>;
+
+}  // namespace detail
 
 /// Handles requests on a fixed pool of worker threads: what ThreadingMixIn does without
 /// starting a thread per request, and with a limit.
@@ -42,16 +85,33 @@ namespace socketserver {
 /// - drain_on_close (true): server_close() serves every queued request before it returns;
 ///   false closes the queued requests unserved (shutdown_request()), and waits only for the
 ///   requests already being served.
+/// - handoff_after (default 2 ms): how long a worker may serve a request with the serve loop
+///   still in hand (see below) before another worker takes the loop over; 0 hands the loop
+///   on before every request.
 ///
-/// How (leader/followers): serve_forever() runs on pool_size + 1 worker threads, one at a
-/// time. The worker running it (the leader) waits for and accepts the next request, with
-/// get_request(), verify_request() and service_actions() called by one thread at a time as
-/// in any server; then it hands the loop to an idle worker and serves the request itself.
-/// A request therefore never passes from one thread to another, which is what a pool fed by
-/// an acceptor thread pays for each request (a wake-up and a context switch). Only when
-/// pool_size requests are being served does the leader (the one spare thread) queue what it
-/// accepts, for the next worker that is free. The thread that called serve_forever() waits
-/// for shutdown() and returns promptly, whatever the workers are serving.
+/// How (leader/followers): serve_forever() runs on pool_size + 1 worker threads, up to one
+/// per core at a time. A worker running it (a leader) accepts the next request and serves
+/// it itself: a request never passes from one thread to another, which is what a pool fed by
+/// an acceptor thread pays for each request (a wake-up and a context switch). The leader
+/// keeps the loop while it serves, and hands it to an idle worker only when the request has
+/// to wait in the library's I/O (rfile, wfile or the request's socket: a recv() with nothing
+/// there yet, a full send buffer): it first waits 100 µs for bytes on their way, then
+/// until a new request arrives. A request whose bytes are there is served as TCPServer
+/// serves it, and costs no wake-up at all. A handler that waits some other way (a lock, a
+/// sleep, a database client) or keeps computing has the loop taken from it after
+/// handoff_after by the thread that called serve_forever(), which watches for that while
+/// requests are served, so the server keeps accepting.
+///
+/// One leader runs the loop at first. The watcher lets another join (a lane per core) when
+/// in a whole handoff_after no leader found the backlog empty, and a leader that finds
+/// nothing to accept while another is accepting steps down: more leaders than requests only
+/// wake each other. The leaders call get_request(), verify_request(), service_actions() and
+/// handle_get_request_error() one at a time when Derived redefines any of them, as one loop
+/// would; the library's own are safe to call at once, and are.
+///
+/// Only when pool_size requests are being served does a leader (the one spare thread) queue
+/// what it accepts, for the next worker that is free. The thread that called serve_forever()
+/// returns promptly after shutdown(), whatever the workers are serving.
 ///
 /// A stream server stops accepting (closes its socket) before it drains; a datagram server
 /// drains first, so no reply goes out on a closed socket.
@@ -63,6 +123,7 @@ class ThreadPoolMixIn : public Base {
   std::size_t pool_size = default_pool_size();
   std::size_t queue_size = 64;
   bool drain_on_close = true;
+  std::chrono::duration<double> handoff_after{0.002};
 
   using Base::Base;
   ThreadPoolMixIn(const ThreadPoolMixIn&) = delete;
@@ -109,43 +170,80 @@ class ThreadPoolMixIn : public Base {
       std::lock_guard<std::mutex> lock(mutex_);
       if (workers_.empty()) start_workers();
       poll_interval_ = poll_interval;
+      handoff_after_ = std::max(handoff_after, std::chrono::duration<double>::zero());
+      lane_count_ = std::min(max_lanes_, std::max<std::size_t>(1, pool_size) + 1);
+      for (std::size_t i = 0; i < lane_count_; ++i)  // one lane open; the counts go on
+        lanes_[i].store((lanes_[i].load() & ~phase) | (i == 0 ? loop_free : parked));
+      open_lanes_.store(1);
+      listen_fd_.store(fd, std::memory_order_relaxed);
       nonblocking_ = nonblocking;
       failure_ = nullptr;
       accepting_ = true;
     }
     work_.notify_all();
 
-    // Wait for shutdown(), a prefork supervisor's stop, or a leader's fatal error.
-    pollfd fds[3] = {{this->wakeup_.fileno(), POLLIN, 0},
+    // Wait for shutdown(), a prefork supervisor's stop, or a leader's fatal error; meanwhile
+    // take the loop from a request that holds it too long.
+    pollfd fds[4] = {{this->wakeup_.fileno(), POLLIN, 0},
                      {this->stop_fd_, POLLIN, 0},
-                     {failed_.fileno(), POLLIN, 0}};
+                     {failed_.fileno(), POLLIN, 0},
+                     {busy_.fileno(), POLLIN, 0}};
+    std::vector<std::uint64_t> seen(lane_count_);
+    for (std::size_t i = 0; i < lane_count_; ++i) seen[i] = lanes_[i].load();
+    std::uint64_t accepted = this->counters_.accepted.load(), waits = waits_.load();
+    bool idle = false;
     while (!this->shutdown_requested()) {
       for (pollfd& p : fds) p.revents = 0;
-      detail::poll_for(fds, 3, std::nullopt);
+      const bool watching = !idle && handoff_after_.count() > 0;
+      const int ready =
+          detail::poll_for(fds, 4, watching ? timeout_type(handoff_after_) : std::nullopt);
       if (fds[1].revents != 0 || fds[2].revents != 0) break;
+      if (fds[3].revents != 0) busy_.drain();
+      if (ready > 0) {  // busy again: watch from now
+        idle = false;
+        for (std::size_t i = 0; i < lane_count_; ++i) seen[i] = lanes_[i].load();
+      } else {
+        // Requests taken and never a wait for one: the open lanes cannot keep up.
+        const std::uint64_t now_accepted = this->counters_.accepted.load();
+        const std::uint64_t now_waits = waits_.load();
+        if (now_accepted != accepted && now_waits == waits) open_lane();
+        accepted = now_accepted;
+        waits = now_waits;
+        idle = watch_lanes(seen);
+      }
     }
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      accepting_ = false;
-    }
+    std::unique_lock<std::mutex> lock(mutex_);
+    accepting_ = false;
+    lock.unlock();
     work_.notify_all();
     room_.notify_all();
-    // Once the loop is ours, the leader has left it, and a worker that takes it after us
-    // finds the server not accepting and leaves at once, without touching the socket.
-    { std::lock_guard<std::mutex> loop(loop_); }
-    std::exception_ptr failure;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      failure = failure_;
-      failure_ = nullptr;
-    }
+    turn_.notify_all();
+    // Wait for the leader to leave the loop; a worker serving a request with it in hand is
+    // not in the loop, and loses it now. A worker that wants the loop after this finds the
+    // server not accepting and leaves it alone, so no thread touches the socket any more.
+    lock.lock();
+    turn_.wait(lock, [this] {
+      bool left = true;
+      for (std::size_t i = 0; i < lane_count_; ++i) {
+        std::uint64_t token = lanes_[i].load();
+        if ((token & phase) == serving_inline)
+          lanes_[i].compare_exchange_strong(token, (token & ~phase) | loop_free);
+        if ((lanes_[i].load() & phase) == looping) left = false;
+      }
+      return left;
+    });
+    std::exception_ptr failure = failure_;
+    failure_ = nullptr;
+    listen_fd_.store(-1, std::memory_order_relaxed);
+    lock.unlock();
     failed_.drain();
     if (failure) std::rethrow_exception(failure);
   }
 
-  /// Serves the request here and hands the serve loop to another worker, when called by
-  /// the leader and a serving slot is free; otherwise queues it (waiting while the queue is
-  /// full). Called from handle_request(), it queues the request for a worker.
+  /// Serves the request here when called by the leader and a serving slot is free (handing
+  /// the serve loop on if the request has to wait: see the class comment); otherwise queues
+  /// it (waiting while the queue is full). Called from handle_request(), it queues the
+  /// request for a worker.
   void process_request(request_type& request, const address& client_address) {
     std::unique_lock<std::mutex> lock(mutex_);
     if (!leading_) {  // handle_request() on a caller's thread: hand it to a worker
@@ -161,23 +259,17 @@ class ThreadPoolMixIn : public Base {
     } else {
       next = job{std::move(request), client_address};
     }
-    // Hand the loop on: an idle worker leads while this one serves.
     ++serving_;
     lock.unlock();
-    leading_ = false;
-    loop_.unlock();
-    serve(next);
+    hooks_turn{this}.leave();  // other leaders may take requests while this one is served
+    serve_here(next);          // with the loop in hand, as long as the request need not wait
     lock.lock();
     finished_one();
     serve_queued(lock);
     lock.unlock();
-    // Wait to lead again, still inside the loop this worker led: taking it back costs no
-    // more than the wake-up. If the server stopped accepting, the loop ends here.
-    loop_.lock();
-    if (accepting_.load(std::memory_order_acquire))
-      leading_ = true;
-    else
-      loop_.unlock();
+    // Lead again, still inside the loop this worker led: when the loop was handed on, taking
+    // it back costs no more than the wake-up. If the server stopped accepting, the loop ends.
+    if (!leading_) leading_ = take_loop();
   }
 
   /// Runs one request on a worker: finish_request(), handle_error() if it threw, then
@@ -277,7 +369,7 @@ class ThreadPoolMixIn : public Base {
       job next = take_queued();
       ++serving_;
       lock.unlock();
-      serve(next);
+      serve_here(next);
       lock.lock();
       finished_one();
     }
@@ -290,15 +382,11 @@ class ThreadPoolMixIn : public Base {
     if (stopping_) work_.notify_all();         // the last queued request is done: exit
   }
 
-  // Waits for the loop (loop_: one worker runs it at a time), then runs it while the server
-  // accepts. process_request() hands it on, and takes it back, from inside the loop; the
-  // loop ends when the server stops accepting (mutex_ not held).
+  // Waits for a lane of the loop, then runs the loop while the server accepts.
+  // process_request() hands the lane on, and takes one back, from inside the loop; the loop
+  // ends when the server stops accepting (mutex_ not held).
   void lead() {
-    loop_.lock();
-    if (!accepting_.load(std::memory_order_acquire)) {
-      loop_.unlock();
-      return;
-    }
+    if (!take_loop()) return;
     leading_ = true;
     try {
       this->serve_loop(
@@ -307,7 +395,7 @@ class ThreadPoolMixIn : public Base {
             return leading_ && accepting_.load(std::memory_order_acquire) &&
                    !this->shutdown_requested();
           },
-          nonblocking_);
+          nonblocking_, hooks_turn{this});
     } catch (...) {  // the socket cannot accept: serve_forever() raises it
       std::lock_guard<std::mutex> lock(mutex_);
       if (!failure_) failure_ = std::current_exception();
@@ -315,8 +403,217 @@ class ThreadPoolMixIn : public Base {
     }
     if (leading_) {
       leading_ = false;
-      loop_.unlock();
+      free_lane();
     }
+  }
+
+  // --- The loop's lanes --------------------------------------------------------------------
+  // Up to one worker per core (lane_count_) runs the serve loop at once, each holding one
+  // lane's token (lanes_[i]): the holder's phase in the low two bits, free, looping (in
+  // serve_loop(): polling, accepting) or serving_inline (serving a request it accepted, with
+  // the lane in hand, which another thread may take from it); above them, a count of the
+  // requests served inline, which tells the watcher one long request from many short ones.
+  // The leaders take turns for the hooks (hooks_turn), as one loop would call them.
+
+  static constexpr std::uint64_t loop_free = 0, looping = 1, serving_inline = 2, parked = 3,
+                                 phase = 3, next_request = 4;
+
+  struct hooks_turn {  // serve_loop()'s Section
+    ThreadPoolMixIn* pool;
+    bool shared() const noexcept { return pool->lane_count_ > 1; }
+    void enter() {
+      using derived_type = std::remove_reference_t<decltype(pool->derived())>;
+      if (!detail::redefines_loop_hooks<derived_type, Base> || !shared()) return;
+      pool->hooks_.lock();
+      in_hooks_ = true;
+    }
+    void leave() noexcept {
+      if (!in_hooks_) return;
+      in_hooks_ = false;
+      pool->hooks_.unlock();
+    }
+    bool nothing_waiting() { return pool->step_down(); }
+  };
+
+  // A leader found no request waiting. One of several open lanes closes (parks) then, and
+  // its leader waits to lead again: more leaders than requests only wake each other. One
+  // lane always stays open. Returns whether this thread still leads.
+  bool step_down() {
+    waits_.fetch_add(1, std::memory_order_relaxed);
+    std::size_t open = open_lanes_.load();
+    do {
+      if (open <= 1) return true;
+    } while (!open_lanes_.compare_exchange_weak(open, open - 1));
+    my_lane().store((my_lane().load() & ~phase) | parked);
+    leading_ = false;
+    leading_ = take_loop();
+    return leading_;
+  }
+
+  // Opens a parked lane, for a worker to lead there too.
+  void open_lane() noexcept {
+    for (std::size_t i = 0; i < lane_count_; ++i) {
+      std::uint64_t token = lanes_[i].load();
+      if ((token & phase) == parked &&
+          lanes_[i].compare_exchange_strong(token, (token & ~phase) | loop_free)) {
+        open_lanes_.fetch_add(1);
+        wake_next_leader();
+        return;
+      }
+    }
+  }
+
+  // Waits for a free lane and takes it; false, without one, once the server stops accepting.
+  bool take_loop() {
+    std::unique_lock<std::mutex> lock(mutex_);  // accepting_ changes only under it
+    for (;;) {
+      if (!accepting_) {
+        turn_.notify_all();  // serve_forever() may wait for a lane this thread just parked
+        return false;
+      }
+      for (std::size_t i = 0; i < lane_count_; ++i) {
+        std::uint64_t token = lanes_[i].load();
+        if ((token & phase) == loop_free &&
+            lanes_[i].compare_exchange_strong(token, (token & ~phase) | looping)) {
+          lane_ = i;
+          return true;
+        }
+      }
+      turn_.wait(lock);
+    }
+  }
+
+  std::atomic<std::uint64_t>& my_lane() noexcept { return lanes_[lane_]; }
+
+  // Frees this thread's lane, in the loop (nobody else changes a lane while it loops).
+  void free_lane() noexcept {
+    my_lane().store((my_lane().load() & ~phase) | loop_free);
+    wake_next_leader();
+  }
+
+  // A lane is free: wake a worker to take it (all of them when the server stops accepting,
+  // and serve_forever() waits for every lane to be left).
+  void wake_next_leader() noexcept {
+    std::unique_lock<std::mutex> lock(mutex_);
+    const bool stopping = !accepting_;
+    lock.unlock();
+    if (stopping)
+      turn_.notify_all();
+    else
+      turn_.notify_one();
+  }
+
+  // Serves a request. A leader serves it with its lane in hand: the lane is handed on by
+  // wait_or_hand_on() when the request has to wait in the library's I/O, or taken over by
+  // the watcher after handoff_after; otherwise the leader keeps it and goes on accepting.
+  void serve_here(job& next) noexcept {
+    if (!leading_) {
+      serve(next);
+      return;
+    }
+    if (handoff_after_.count() <= 0) {  // hand the lane on first, always
+      leading_ = false;
+      free_lane();
+      serve(next);
+      return;
+    }
+    std::atomic<std::uint64_t>& lane = my_lane();
+    const std::uint64_t token =
+        ((lane.load(std::memory_order_relaxed) & ~phase) + next_request) | serving_inline;
+    inline_token_ = token;
+    inline_until_ = std::chrono::steady_clock::now() +
+                    std::chrono::duration_cast<std::chrono::steady_clock::duration>(handoff_after_);
+    lane.store(token);
+    if (!accepting_.load()) {  // serve_forever() may be waiting for this lane to leave the loop
+      { std::lock_guard<std::mutex> lock(mutex_); }
+      turn_.notify_all();
+    }
+    detail::arm_block_hook(&wait_or_hand_on, this);
+    if (watcher_idle_.load() && watcher_idle_.exchange(false)) busy_.notify();
+    serve(next);
+    detail::disarm_block_hook();
+    if (!leading_) return;  // handed on: the request had to wait
+    std::uint64_t expected = token;
+    if (!lane.compare_exchange_strong(expected, (token & ~phase) | looping))
+      leading_ = false;  // taken over by the watcher
+  }
+
+  // The block hook of a leader serving inline, whose request is about to wait for `events`
+  // on `fd`: it waits for them here, keeping the lane, until handoff_after has passed or (if
+  // no other leader is accepting) a new request arrives, and then hands the lane on; when
+  // the events come first it keeps the lane and the hook. A wait on several descriptors
+  // hands the lane on at once.
+  static void wait_or_hand_on(void* self, int fd, short events,
+                              detail::block_deadline deadline) noexcept {
+    auto& pool = *static_cast<ThreadPoolMixIn*>(self);
+    if (fd >= 0 && pool.my_lane().load() == inline_token_) {  // (not taken from it already)
+      const auto until = std::min(deadline, inline_until_);
+      // A request's bytes usually follow its connection within microseconds: wait for them
+      // a moment before a new request can take the lane away.
+      pollfd own{fd, events, 0};
+      const auto grace = std::chrono::steady_clock::now() + handoff_grace;
+      int ready = poll_until(&own, 1, std::min(until, grace));
+      if (ready < 0 || own.revents != 0) return;  // EINTR: the caller tries again
+      pollfd fds[2] = {{fd, events, 0},
+                       {pool.another_leader_accepting() ? -1 : pool.listen_fd_.load(), POLLIN, 0}};
+      ready = poll_until(fds, 2, until);
+      if (ready < 0) return;
+      if (fds[1].revents == 0 && (fds[0].revents != 0 || until < inline_until_)) return;
+    }
+    detail::disarm_block_hook();
+    leading_ = false;
+    std::uint64_t expected = inline_token_;
+    if (pool.my_lane().compare_exchange_strong(expected, (expected & ~phase) | loop_free))
+      pool.wake_next_leader();
+  }
+
+  static constexpr std::chrono::microseconds handoff_grace{100};
+
+  // poll() until `until` (not detail::poll_for(), which would call the hook again).
+  static int poll_until(pollfd* fds, nfds_t count, detail::block_deadline until) noexcept {
+    const auto left = until - std::chrono::steady_clock::now();
+    if (left <= left.zero()) return ::poll(fds, count, 0);
+    const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(left).count();
+#if defined(__linux__)
+    const timespec ts{static_cast<time_t>(ns / 1000000000), static_cast<long>(ns % 1000000000)};
+    return ::ppoll(fds, count, &ts, nullptr);
+#else
+    return ::poll(fds, count, static_cast<int>((ns + 999999) / 1000000));
+#endif
+  }
+
+  bool another_leader_accepting() const noexcept {
+    for (std::size_t i = 0; i < lane_count_; ++i)
+      if (i != lane_ && (lanes_[i].load() & phase) == looping) return true;
+    return false;
+  }
+
+  // The watcher's turn, every handoff_after while requests are served (`seen`: what it found
+  // in each lane last time). Takes a lane from a request served inline since the last turn,
+  // and returns true when no lane has changed since then: the watcher may sleep until a
+  // request is served inline again (busy_).
+  bool watch_lanes(std::vector<std::uint64_t>& seen) {
+    bool quiet = true;
+    for (std::size_t i = 0; i < lane_count_; ++i) {
+      std::uint64_t token = lanes_[i].load();
+      if (token != seen[i]) {
+        quiet = false;
+      } else if ((token & phase) == serving_inline) {
+        quiet = false;
+        if (lanes_[i].compare_exchange_strong(token, (token & ~phase) | loop_free))
+          wake_next_leader();
+      }
+      seen[i] = lanes_[i].load();
+    }
+    if (!quiet) return false;
+    watcher_idle_.store(true);  // then look again: a request served inline from now on sees it
+    for (std::size_t i = 0; i < lane_count_; ++i) {
+      if (lanes_[i].load() != seen[i]) {
+        watcher_idle_.store(false);
+        return false;
+      }
+    }
+    return true;
   }
 
   // Queues a request, waiting while the queue is full (unless the server stopped
@@ -398,6 +695,7 @@ class ThreadPoolMixIn : public Base {
     }
     work_.notify_all();
     room_.notify_all();
+    turn_.notify_all();
     close_unserved(unserved);
     for (std::thread& t : workers) t.join();
   }
@@ -422,13 +720,29 @@ class ThreadPoolMixIn : public Base {
   std::unique_ptr<std::atomic<int>[]> serving_fds_;  // a slot per worker
   std::size_t serving_ = 0;                          // requests being served
   std::atomic<bool> accepting_{false};               // serve_forever() is running
-  std::mutex loop_;  // held by the worker that runs the serve loop (the leader)
+  std::condition_variable turn_;  // the loop was freed, or the server stopped accepting
+  std::mutex hooks_;              // held by the leader calling the hooks (hooks_turn)
+  const std::size_t max_lanes_ = std::max(1u, std::thread::hardware_concurrency());
+  std::unique_ptr<std::atomic<std::uint64_t>[]> lanes_ {
+    new std::atomic<std::uint64_t>[max_lanes_] {}
+  };
+  std::size_t lane_count_ = 1;              // lanes in use: one per core, at most the workers
+  std::atomic<std::size_t> open_lanes_{1};  // lanes not parked
+  std::atomic<int> listen_fd_{-1};          // the socket, while serve_forever() runs
+  std::atomic<std::uint64_t> waits_{0};     // times a leader found no request waiting
+  std::atomic<bool> watcher_idle_{false};   // the watcher sleeps until busy_
+  detail::wakeup busy_;                     // a request is served inline again
+  std::chrono::duration<double> handoff_after_{0.002};
   bool stopping_ = false;
   bool nonblocking_ = false;  // the stream socket is non-blocking for this serve_forever()
   std::chrono::duration<double> poll_interval_{0.5};
   std::exception_ptr failure_;  // a leader's fatal error, for serve_forever() to raise
   detail::wakeup failed_;       // readable once failure_ is set
-  inline static thread_local bool leading_ = false;                    // this thread runs the loop
+  inline static thread_local bool leading_ = false;   // this thread holds a lane of the loop
+  inline static thread_local std::size_t lane_ = 0;   // which one
+  inline static thread_local bool in_hooks_ = false;  // it holds hooks_
+  inline static thread_local std::uint64_t inline_token_ = 0;  // the lane while serving inline
+  inline static thread_local std::chrono::steady_clock::time_point inline_until_{};  // and till
   inline static thread_local std::atomic<int>* serving_fd_ = nullptr;  // this worker's slot
 };
 

@@ -9,18 +9,22 @@
 
 #include "../error.hpp"
 #include "../socket.hpp"  // timeout_type
+#include "blocking.hpp"
 
 namespace socketserver {
 namespace detail {
 
 /// Waits until one of fds is ready or `timeout` has passed (nullopt: no limit).
-/// Returns the number of ready descriptors, 0 on timeout.
+/// Returns the number of ready descriptors, 0 on timeout. A call that may wait fires this
+/// thread's block hook first (blocking.hpp).
 /// @throws std::system_error if poll fails for a reason other than EINTR.
 inline int poll_for(pollfd* fds, nfds_t count, timeout_type timeout) {
   using clock = std::chrono::steady_clock;
   const auto deadline = timeout
                             ? clock::now() + std::chrono::duration_cast<clock::duration>(*timeout)
                             : clock::time_point::max();
+  if (!timeout || timeout->count() > 0)
+    before_blocking(count == 1 ? fds[0].fd : -1, count == 1 ? fds[0].events : 0, deadline);
   for (;;) {
     int ready;
     if (!timeout) {
