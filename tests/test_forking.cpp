@@ -35,6 +35,7 @@
 
 #include "catch.hpp"
 #include "support/harness.hpp"
+#include "support/hooked_server.hpp"
 
 namespace {
 
@@ -44,83 +45,7 @@ namespace ss = socketserver;
 // clients are bounded by the client sockets' 20 s timeout).
 constexpr int kChildWaitMs = 10000;
 
-// What a test's server does, set per test (copied into each child by fork()).
-template <class K>
-struct Hooks {
-  using request_type = typename K::request_type;
-  std::function<void(request_type&, const ss::address&)> request;  // the handler's body
-  std::function<void()> closing;  // first thing server_close() does, in the parent
-  std::function<void(request_type&, const ss::address&)> error;  // handle_error()
-};
-
-template <class K>
-struct Server;
-
-template <class K>
-struct Handler : ss::BaseRequestHandler<typename K::request_type, Server<K>> {
-  void handle() { this->server.hooks->request(this->request, this->client_address); }
-};
-
-// The kind's server with the test's hooks (CRTP, as a user subclasses a server).
-template <class K>
-struct Server : K::template server<Handler<K>, Server<K>> {
-  using base = typename K::template server<Handler<K>, Server<K>>;
-  using request_type = typename K::request_type;
-  using base::base;
-
-  Hooks<K>* hooks = nullptr;
-
-  void server_close() {
-    if (hooks != nullptr && hooks->closing) hooks->closing();
-    base::server_close();
-  }
-  void handle_error(request_type& request, const ss::address& client_address) {
-    if (hooks != nullptr && hooks->error)
-      hooks->error(request, client_address);
-    else
-      base::handle_error(request, client_address);
-  }
-};
-
-// The request's message. A stream handler must read it: closing a connection with unread
-// data resets it instead of ending it cleanly.
-template <class K>
-std::string read_request(typename K::request_type& request) {
-  if constexpr (K::stream)
-    return request.recv(4096);
-  else
-    return request.data;
-}
-
-template <class K>
-void reply_to(typename K::request_type& request, const ss::address& client,
-              const std::string& reply) {
-  if constexpr (K::stream)
-    request.sendall(reply);
-  else
-    request.socket.sendto(reply, client);
-}
-
-// A client that has sent `message` (the server has a request to accept or receive).
-template <class K>
-ss::socket send_request(const ss::address& server, const std::string& message,
-                        const test::TempDir& dir) {
-  ss::socket c = test::connect_to(server, K::socket_type, &dir);
-  if constexpr (K::stream)
-    c.sendall(message);
-  else
-    c.send(message);
-  return c;
-}
-
-// The server's reply: to end of stream, or one datagram.
-template <class K>
-std::string read_reply(const ss::socket& c) {
-  if constexpr (K::stream)
-    return test::recv_all(c);
-  else
-    return c.recv(65536);
-}
+using namespace test::hooked;  // Hooks, Server, Handler and the client helpers
 
 // Reads one line (up to '\n', which is dropped) from a stream socket; what it got if the
 // socket fails or times out first. Never throws (see the max_children test).

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -39,6 +40,29 @@ struct Gate {
   }
 };
 
+// A count that a test can wait for (process_request() calls, say).
+class Counter {
+ public:
+  void add() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    ++count_;
+    changed_.notify_all();
+  }
+  bool wait_for(int n) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    return changed_.wait_for(lock, 20s, [&] { return count_ >= n; });
+  }
+  int value() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return count_;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  int count_ = 0;
+};
+
 template <template <class, class> class Server>
 struct Gated {
   struct Handler;
@@ -46,15 +70,9 @@ struct Gated {
     using base = Server<Handler, server_type>;
     using base::base;
     Gate gate;
-    std::mutex mutex;
-    std::condition_variable accepted;
-    int process_calls = 0;
+    Counter process_calls;
     void process_request(socketserver::socket& request, const socketserver::address& client) {
-      {
-        std::lock_guard<std::mutex> lock(mutex);
-        ++process_calls;
-        accepted.notify_all();
-      }
+      process_calls.add();
       base::process_request(request, client);
     }
     // Set to open the gate when the first request is shut down: with drain_on_close false,
@@ -63,10 +81,6 @@ struct Gated {
     void shutdown_request(socketserver::socket& request) {
       if (release_on_shutdown_request) gate.release();
       base::shutdown_request(request);
-    }
-    bool wait_process_calls(int n) {
-      std::unique_lock<std::mutex> lock(mutex);
-      return accepted.wait_for(lock, 20s, [&] { return process_calls >= n; });
     }
   };
   struct Handler : socketserver::StreamRequestHandler<server_type> {
@@ -133,14 +147,11 @@ TEST_CASE("a full thread pool queue stops accepting until a worker is free", "[t
   std::vector<socketserver::socket> clients;
   for (int i = 0; i < 5; ++i)
     clients.push_back(send_line(server.server_address, "client " + std::to_string(i) + "\n"));
-  REQUIRE(server.gate.wait_entered(2));   // both workers busy
-  REQUIRE(server.wait_process_calls(4));  // the 4th waits for room in the queue
+  REQUIRE(server.gate.wait_entered(2));       // both workers busy
+  REQUIRE(server.process_calls.wait_for(4));  // the 4th waits for room in the queue
   CHECK(server.busy() == 2);
   CHECK(server.queued() == 1);
-  {
-    std::lock_guard<std::mutex> lock(server.mutex);
-    CHECK(server.process_calls == 4);  // the 5th is still in the listen backlog
-  }
+  CHECK(server.process_calls.value() == 4);  // the 5th is still in the listen backlog
   server.gate.release();
   for (int i = 0; i < 5; ++i) {
     clients[static_cast<std::size_t>(i)].shutdown(SHUT_WR);
@@ -159,7 +170,7 @@ TEST_CASE("server_close drains queued requests by default", "[thread_pool]") {
     for (int i = 0; i < 3; ++i)
       clients.push_back(send_line(server.server_address, "queued " + std::to_string(i) + "\n"));
     REQUIRE(server.gate.wait_entered(1));
-    REQUIRE(server.wait_process_calls(3));
+    REQUIRE(server.process_calls.wait_for(3));
     // The third call has begun; its request is queued a moment later (nothing signals it).
     CHECK(test::eventually([&] { return server.queued() == 2; }));
   }
@@ -183,7 +194,7 @@ TEST_CASE("drain_on_close = false closes queued requests unserved", "[thread_poo
     for (int i = 0; i < 3; ++i)
       clients.push_back(send_line(server.server_address, "queued " + std::to_string(i) + "\n"));
     REQUIRE(server.gate.wait_entered(1));
-    REQUIRE(server.wait_process_calls(3));
+    REQUIRE(server.process_calls.wait_for(3));
   }
   server.server_close();
   CHECK(test::recv_all(clients[0]) == "queued 0\n");  // was being served: finished
@@ -280,20 +291,11 @@ struct ThreadNoting : socketserver::ThreadPoolTCPServer<NotingHandler, ThreadNot
   using base = socketserver::ThreadPoolTCPServer<NotingHandler, ThreadNoting>;
   using base::base;
   std::mutex mutex;
-  std::condition_variable changed;
   std::vector<std::thread::id> threads;
-  int taken = 0;
+  Counter taken;
   void process_request(socketserver::socket& request, const socketserver::address& client) {
-    {
-      std::lock_guard<std::mutex> lock(mutex);
-      ++taken;
-      changed.notify_all();
-    }
+    taken.add();
     base::process_request(request, client);
-  }
-  bool wait_taken(int n) {
-    std::unique_lock<std::mutex> lock(mutex);
-    return changed.wait_for(lock, 20s, [&] { return taken >= n; });
   }
 };
 struct NotingHandler : socketserver::StreamRequestHandler<ThreadNoting> {
@@ -336,7 +338,7 @@ TEST_CASE("a pool worker whose request waits for its bytes hands the loop on", "
   server.handoff_after = std::chrono::hours(1);  // no takeover: only waiting hands the loop on
   test::Serving<ThreadNoting> serving(server);
   socketserver::socket silent = test::connect_to(server.server_address);
-  REQUIRE(server.wait_taken(1));  // its worker now waits in rfile.read() for the bytes
+  REQUIRE(server.taken.wait_for(1));  // its worker now waits in rfile.read() for the bytes
   socketserver::socket prompt = send_line(server.server_address, "prompt\n");
   prompt.shutdown(SHUT_WR);
   CHECK(test::recv_all(prompt) == "prompt\n");  // served while the first still waits
@@ -372,6 +374,39 @@ TEST_CASE("a pool takes the loop from a handler that waits outside the library's
   }
 }
 
+TEST_CASE("a datagram pool answers concurrent clients each with its own packets", "[thread_pool]") {
+  // Clients send bursts, so packets always wait and several leaders receive at once (a lane
+  // per core): each reply must carry a packet its client sent, never another leader's.
+  PoolUDP::server<DatagramEcho> server({"127.0.0.1", 0});
+  constexpr int clients = 4, bursts = 100, burst = 16;
+  std::atomic<int> mismatched{0}, answered{0};
+  {
+    test::Serving<decltype(server)> serving(server);
+    std::vector<std::thread> threads;
+    for (int c = 0; c < clients; ++c)
+      threads.emplace_back([&, c] {
+        socketserver::socket s = test::connect_to(server.server_address, SOCK_DGRAM);
+        for (int b = 0; b < bursts; ++b) {
+          std::multiset<std::string> sent, received;
+          for (int i = 0; i < burst; ++i) {
+            const std::string packet = "client " + std::to_string(c) + " burst " +
+                                       std::to_string(b) + " packet " + std::to_string(i);
+            s.send(packet);
+            sent.insert(packet);
+          }
+          for (int i = 0; i < burst; ++i) received.insert(s.recv(65536));
+          if (received == sent)
+            answered += burst;
+          else
+            ++mismatched;
+        }
+      });
+    for (std::thread& t : threads) t.join();
+  }
+  CHECK(mismatched == 0);
+  CHECK(answered == clients * bursts * burst);
+}
+
 TEST_CASE("ThreadingMixIn::max_threads bounds the running request threads", "[threading]") {
   GatedThreading::server_type server({"127.0.0.1", 0});
   server.max_threads = 2;
@@ -380,7 +415,7 @@ TEST_CASE("ThreadingMixIn::max_threads bounds the running request threads", "[th
   for (int i = 0; i < 4; ++i)
     clients.push_back(send_line(server.server_address, "t" + std::to_string(i) + "\n"));
   REQUIRE(server.gate.wait_entered(2));
-  REQUIRE(server.wait_process_calls(3));  // the third waits for a thread to finish
+  REQUIRE(server.process_calls.wait_for(3));  // the third waits for a thread to finish
   CHECK(server.active_threads() == 2);
   {
     std::lock_guard<std::mutex> lock(server.gate.mutex);

@@ -48,9 +48,10 @@ class basic_udp_server : public basic_tcp_server<Handler, Derived, datagram> {
   /// The same without exceptions: false, with ec set, if it failed (see basic_tcp_server).
   bool get_request(datagram& request, address& client_address, std::error_code& ec) {
     // Received into a buffer kept for the purpose, then copied at its real size: the packet
-    // costs one small allocation, not a zero-filled max_packet_size one.
-    if (!scratch_) scratch_.reset(new char[Derived::max_packet_size]);
-    iovec iov{scratch_.get(), Derived::max_packet_size};
+    // costs one small allocation, not a zero-filled max_packet_size one. One buffer per
+    // thread: a thread pool's leaders receive at the same time.
+    thread_local const std::unique_ptr<char[]> scratch(new char[Derived::max_packet_size]);
+    iovec iov{scratch.get(), Derived::max_packet_size};
     msghdr msg{};
     msg.msg_name = client_address.data();
     msg.msg_namelen = address::capacity();
@@ -63,7 +64,7 @@ class basic_udp_server : public basic_tcp_server<Handler, Derived, datagram> {
       return false;
     }
     client_address.resize(msg.msg_namelen);
-    request.data.assign(scratch_.get(), static_cast<std::size_t>(n));
+    request.data.assign(scratch.get(), static_cast<std::size_t>(n));
     request.socket = this->socket;
     request.truncated = (msg.msg_flags & MSG_TRUNC) != 0;
     ec.clear();
@@ -74,9 +75,6 @@ class basic_udp_server : public basic_tcp_server<Handler, Derived, datagram> {
   void shutdown_request(datagram& request) { this->derived().close_request(request); }
   /// Nothing to close per request: the socket is the server's.
   void close_request(datagram& /*request*/) {}
-
- private:
-  std::unique_ptr<char[]> scratch_;
 };
 
 }  // namespace socketserver
