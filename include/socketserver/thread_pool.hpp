@@ -409,11 +409,13 @@ class ThreadPoolMixIn : public Base {
 
   // --- The loop's lanes --------------------------------------------------------------------
   // Up to one worker per core (lane_count_) runs the serve loop at once, each holding one
-  // lane's token (lanes_[i]): the holder's phase in the low two bits, free, looping (in
-  // serve_loop(): polling, accepting) or serving_inline (serving a request it accepted, with
-  // the lane in hand, which another thread may take from it); above them, a count of the
-  // requests served inline, which tells the watcher one long request from many short ones.
-  // The leaders take turns for the hooks (hooks_turn), as one loop would call them.
+  // lane's token (lanes_[i]): the holder's phase in the low two bits, free (for a worker to
+  // take), looping (in serve_loop(): polling, accepting), serving_inline (serving a request
+  // it accepted, with the lane in hand, which another thread may take from it) or parked
+  // (closed while there are more leaders than requests); above them, a count of the requests
+  // served inline, which tells the watcher one long request from many short ones. The
+  // leaders take turns for the hooks that Derived redefines (hooks_turn), as one loop would
+  // call them.
 
   static constexpr std::uint64_t loop_free = 0, looping = 1, serving_inline = 2, parked = 3,
                                  phase = 3, next_request = 4;
