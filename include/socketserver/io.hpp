@@ -2,6 +2,8 @@
 // reader and writer: the rfile and wfile of the request handlers.
 #pragma once
 
+#include <poll.h>  // POLLIN, POLLOUT
+
 #include <algorithm>    // std::max
 #include <chrono>       // std::chrono::steady_clock
 #include <cstddef>      // std::size_t, std::ptrdiff_t
@@ -207,7 +209,7 @@ class reader {
   }
 
   void start_deadline() {
-    if (timeout_) deadline_ = clock::now() + std::chrono::duration_cast<clock::duration>(*timeout_);
+    if (timeout_) deadline_ = detail::deadline_after(timeout_);
   }
 
   // recv() within the current operation's deadline: try without blocking, then wait for
@@ -225,13 +227,12 @@ class reader {
       if (!ec) return got;
       if (ec != std::errc::resource_unavailable_try_again && ec != std::errc::operation_would_block)
         detail::throw_error(ec, "recv");
-      const auto left = deadline_ - clock::now();
-      if (left <= clock::duration::zero() || !detail::wait_readable(sock_.fileno(), left))
+      if (deadline_ <= clock::now() || !detail::wait_until(sock_.fileno(), POLLIN, deadline_))
         detail::throw_error(std::make_error_code(std::errc::timed_out), "recv");
     }
   }
 
-  using clock = std::chrono::steady_clock;
+  using clock = detail::deadline_clock;
   socket_view sock_;
   std::size_t bufsize_ = default_buffer_size;
   std::size_t max_line_length_ = 0;
@@ -314,8 +315,7 @@ class writer {
       sock_.sendall(data);
       return;
     }
-    using clock = std::chrono::steady_clock;
-    const auto deadline = clock::now() + std::chrono::duration_cast<clock::duration>(*timeout_);
+    const auto deadline = detail::deadline_after(timeout_);
     while (!data.empty()) {
       std::error_code ec;
       const std::size_t sent = sock_.send(data, MSG_DONTWAIT, ec);
@@ -325,8 +325,8 @@ class writer {
       }
       if (ec != std::errc::resource_unavailable_try_again && ec != std::errc::operation_would_block)
         detail::throw_error(ec, "sendall");
-      const auto left = deadline - clock::now();
-      if (left <= clock::duration::zero() || !detail::wait_writable(sock_.fileno(), left))
+      if (deadline <= detail::deadline_clock::now() ||
+          !detail::wait_until(sock_.fileno(), POLLOUT, deadline))
         detail::throw_error(std::make_error_code(std::errc::timed_out), "sendall");
     }
   }

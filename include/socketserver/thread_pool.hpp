@@ -554,11 +554,11 @@ class ThreadPoolMixIn : public Base {
       // a moment before a new request can take the lane away.
       pollfd own{fd, events, 0};
       const auto grace = std::chrono::steady_clock::now() + handoff_grace;
-      int ready = poll_until(&own, 1, std::min(until, grace));
+      int ready = detail::poll_once(&own, 1, std::min(until, grace));
       if (ready < 0 || own.revents != 0) return;  // EINTR: the caller tries again
       pollfd fds[2] = {{fd, events, 0},
                        {pool.another_leader_accepting() ? -1 : pool.listen_fd_.load(), POLLIN, 0}};
-      ready = poll_until(fds, 2, until);
+      ready = detail::poll_once(fds, 2, until);
       if (ready < 0) return;
       if (fds[1].revents == 0 && (fds[0].revents != 0 || until < inline_until_)) return;
     }
@@ -570,19 +570,6 @@ class ThreadPoolMixIn : public Base {
   }
 
   static constexpr std::chrono::microseconds handoff_grace{100};
-
-  // poll() until `until` (not detail::poll_for(), which would call the hook again).
-  static int poll_until(pollfd* fds, nfds_t count, detail::block_deadline until) noexcept {
-    const auto left = until - std::chrono::steady_clock::now();
-    if (left <= left.zero()) return ::poll(fds, count, 0);
-    const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(left).count();
-#if defined(__linux__)
-    const timespec ts{static_cast<time_t>(ns / 1000000000), static_cast<long>(ns % 1000000000)};
-    return ::ppoll(fds, count, &ts, nullptr);
-#else
-    return ::poll(fds, count, static_cast<int>((ns + 999999) / 1000000));
-#endif
-  }
 
   bool another_leader_accepting() const noexcept {
     for (std::size_t i = 0; i < lane_count_; ++i)

@@ -15,6 +15,7 @@
 
 #include "../error.hpp"
 #include "../socket.hpp"  // timeout_type
+#include "poll.hpp"       // deadline_after, ms_until
 
 namespace socketserver {
 namespace detail {
@@ -54,20 +55,11 @@ class exclusive_wait {
   /// returns how many are ready (0 on timeout). Signals are retried with the time left.
   int wait(pollfd* fds, int count, timeout_type timeout) {
 #if defined(__linux__) && defined(EPOLLEXCLUSIVE)
-    using clock = std::chrono::steady_clock;
-    const auto deadline = timeout
-                              ? clock::now() + std::chrono::duration_cast<clock::duration>(*timeout)
-                              : clock::time_point::max();
+    const auto deadline = deadline_after(timeout);
     for (int i = 0; i < count; ++i) fds[i].revents = 0;
     epoll_event events[4];
     for (;;) {
-      int ms = -1;
-      if (timeout) {
-        auto left = deadline - clock::now();
-        if (left < clock::duration::zero()) left = clock::duration::zero();
-        const auto us = std::chrono::duration_cast<std::chrono::microseconds>(left).count();
-        ms = static_cast<int>((us + 999) / 1000);  // round up: never wake early and spin
-      }
+      const int ms = ms_until(deadline);
       const int ready = ::epoll_wait(epoll_fd_, events, 4, ms);
       if (ready < 0 && errno == EINTR) continue;
       if (ready < 0) throw_errno("epoll_wait");

@@ -1,5 +1,7 @@
 // SPDX-License-Identifier: MIT
-// poll(2) with a deadline: signals (EINTR) are retried with the time that is left.
+// poll(2) with a deadline: signals (EINTR) are retried with the time that is left. Every
+// timed wait in the library (reads, writes, the serve loops) counts down to one deadline
+// with these.
 #pragma once
 
 #include <poll.h>  // poll, ppoll, pollfd
@@ -14,35 +16,61 @@
 namespace socketserver {
 namespace detail {
 
-/// Waits until one of fds is ready or `timeout` has passed (nullopt: no limit).
-/// Returns the number of ready descriptors, 0 on timeout. A call that may wait fires this
-/// thread's block hook first (blocking.hpp).
+using deadline_clock = std::chrono::steady_clock;
+
+/// When a wait of `timeout` that starts now must end; time_point::max() for no limit.
+inline deadline_clock::time_point deadline_after(timeout_type timeout) {
+  return timeout ? deadline_clock::now() +
+                       std::chrono::duration_cast<deadline_clock::duration>(*timeout)
+                 : deadline_clock::time_point::max();
+}
+
+/// What is left until `deadline`: never negative.
+inline deadline_clock::duration time_left(deadline_clock::time_point deadline) {
+  const auto left = deadline - deadline_clock::now();
+  return left > deadline_clock::duration::zero() ? left : deadline_clock::duration::zero();
+}
+
+/// Milliseconds left until `deadline`, rounded up so that a wait never ends early and
+/// spins; -1 (no limit) for time_point::max().
+inline int ms_until(deadline_clock::time_point deadline) {
+  if (deadline == deadline_clock::time_point::max()) return -1;
+  const auto us = std::chrono::duration_cast<std::chrono::microseconds>(time_left(deadline));
+  return static_cast<int>((us.count() + 999) / 1000);
+}
+
+/// One poll() until `deadline`, as the system call returns it (-1 with errno on EINTR):
+/// no retry, and no block hook (for the hook itself to wait with).
+inline int poll_once(pollfd* fds, nfds_t count, deadline_clock::time_point deadline) noexcept {
+  if (deadline == deadline_clock::time_point::max()) return ::poll(fds, count, -1);
+  const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(time_left(deadline));
+#if defined(__linux__)
+  const timespec ts{static_cast<time_t>(ns.count() / 1000000000),
+                    static_cast<long>(ns.count() % 1000000000)};
+  return ::ppoll(fds, count, &ts, nullptr);
+#else
+  return ::poll(fds, count, ms_until(deadline));
+#endif
+}
+
+/// Waits until one of fds is ready or `deadline` has passed. Returns the number of ready
+/// descriptors, 0 at the deadline. A call that may wait fires this thread's block hook
+/// first (blocking.hpp).
 /// @throws std::system_error if poll fails for a reason other than EINTR.
-inline int poll_for(pollfd* fds, nfds_t count, timeout_type timeout) {
-  using clock = std::chrono::steady_clock;
-  const auto deadline = timeout
-                            ? clock::now() + std::chrono::duration_cast<clock::duration>(*timeout)
-                            : clock::time_point::max();
-  if (!timeout || timeout->count() > 0)
+inline int poll_until(pollfd* fds, nfds_t count, deadline_clock::time_point deadline) {
+  if (deadline > deadline_clock::now())
     before_blocking(count == 1 ? fds[0].fd : -1, count == 1 ? fds[0].events : 0, deadline);
   for (;;) {
-    int ready;
-    if (!timeout) {
-      ready = ::poll(fds, count, -1);
-    } else {
-      auto left = deadline - clock::now();
-      if (left < clock::duration::zero()) left = clock::duration::zero();
-      const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(left).count();
-#if defined(__linux__)
-      timespec ts{static_cast<time_t>(ns / 1000000000), static_cast<long>(ns % 1000000000)};
-      ready = ::ppoll(fds, count, &ts, nullptr);
-#else
-      ready = ::poll(fds, count, static_cast<int>((ns + 999999) / 1000000));
-#endif
-    }
+    const int ready = poll_once(fds, count, deadline);
     if (ready >= 0) return ready;
     if (errno != EINTR) throw_errno("poll");
   }
+}
+
+/// Waits until one of fds is ready or `timeout` has passed (nullopt: no limit); see
+/// poll_until().
+inline int poll_for(pollfd* fds, nfds_t count, timeout_type timeout) {
+  return poll_until(fds, count, deadline_after(timeout));
 }
 
 /// Waits until fd is readable; false on timeout.
@@ -51,10 +79,11 @@ inline bool wait_readable(int fd, timeout_type timeout) {
   return poll_for(&p, 1, timeout) > 0;
 }
 
-/// Waits until fd is writable (or has failed: the next send says how); false on timeout.
-inline bool wait_writable(int fd, timeout_type timeout) {
-  pollfd p{fd, POLLOUT, 0};
-  return poll_for(&p, 1, timeout) > 0;
+/// Waits for `events` on fd (or its failure: the next call says how) until `deadline`;
+/// false if the deadline came first.
+inline bool wait_until(int fd, short events, deadline_clock::time_point deadline) {
+  pollfd p{fd, events, 0};
+  return poll_until(&p, 1, deadline) > 0;
 }
 
 }  // namespace detail
