@@ -9,6 +9,7 @@
 #include <chrono>
 #include <string>
 #include <system_error>
+#include <vector>
 
 #include "catch.hpp"
 #include "support/harness.hpp"
@@ -153,4 +154,22 @@ TEST_CASE("the block hook is called before a send waits for room", "[blocking_ho
   CHECK(seen.calls == 1);
   CHECK(seen.fd == p.a.fileno());
   CHECK(seen.events == POLLOUT);
+}
+
+TEST_CASE("a waiting-for-all receive is never tried without waiting", "[blocking_hook]") {
+  // MSG_WAITALL with MSG_DONTWAIT would return part of what the caller waits for.
+  Pair p;
+  p.b.sendall("ab");
+  Seen seen;
+  Armed armed(seen);
+  std::vector<int> flags_seen;
+  char buf[2];
+  const ssize_t got = ss::detail::blocking_io(p.a.fileno(), POLLIN, MSG_WAITALL, [&](int f) {
+    flags_seen.push_back(f);
+    return ::recv(p.a.fileno(), buf, sizeof buf, f);
+  });
+  CHECK(got == 2);
+  REQUIRE(flags_seen.size() == 1);
+  CHECK(flags_seen[0] == MSG_WAITALL);
+  CHECK(seen.calls == 0);  // bytes were there: no reason to hand anything on
 }

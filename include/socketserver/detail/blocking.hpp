@@ -5,7 +5,7 @@
 // thread wake-up at all.
 #pragma once
 
-#include <poll.h>        // POLLIN, POLLOUT
+#include <poll.h>        // poll, pollfd, POLLIN, POLLOUT
 #include <sys/socket.h>  // MSG_DONTWAIT
 #include <sys/types.h>   // ssize_t
 
@@ -45,10 +45,18 @@ inline void before_blocking(int fd, short events,
 /// Runs call(flags), a call on socket `fd` that may wait for `events`, retrying on EINTR.
 /// While the hook is armed it tries without waiting (MSG_DONTWAIT) first, and calls the hook
 /// only when that would block: one system call, as before, when the call need not wait.
+/// (MSG_WAITALL is not tried that way, as it would return part of what the caller waits for:
+/// the hook runs if nothing at all is there yet.)
 template <class Call>
 ssize_t blocking_io(int fd, short events, int flags, Call call) noexcept {
   if ((flags & MSG_DONTWAIT) == 0) {
     while (block_hook_armed()) {
+      if ((flags & MSG_WAITALL) != 0) {
+        pollfd ready{fd, events, 0};
+        if (::poll(&ready, 1, 0) > 0) break;
+        before_blocking(fd, events);
+        continue;
+      }
       const ssize_t result = retry_on_eintr([&] { return call(flags | MSG_DONTWAIT); });
       if (result >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) return result;
       before_blocking(fd, events);
