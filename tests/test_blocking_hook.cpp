@@ -37,12 +37,12 @@ struct Seen {
   int calls = 0;
   int fd = -2;
   short events = 0;
-  ss::detail::block_deadline deadline{};
+  ss::detail::clock::time_point deadline{};
   const ss::socket* peer = nullptr;
   bool stay_armed = false;
 };
 
-void note(void* context, int fd, short events, ss::detail::block_deadline deadline) noexcept {
+void note(void* context, int fd, short events, ss::detail::clock::time_point deadline) noexcept {
   auto& seen = *static_cast<Seen*>(context);
   ++seen.calls;
   seen.fd = fd;
@@ -60,7 +60,7 @@ struct Armed {
 };
 
 // A hook that makes room to send: reads everything the peer has received, then disarms.
-void drain_peer(void* context, int fd, short events, ss::detail::block_deadline) noexcept {
+void drain_peer(void* context, int fd, short events, ss::detail::clock::time_point) noexcept {
   auto& seen = *static_cast<Seen*>(context);
   ++seen.calls;
   seen.fd = fd;

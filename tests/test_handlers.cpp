@@ -367,7 +367,7 @@ TEST_CASE("a Unix stream handler sees an unnamed client address", "[handlers][me
 namespace {
 
 struct PlainHandler : ss::BaseRequestHandler<> {
-  static inline const ss::server_base* seen = nullptr;
+  static inline const ss::any_server* seen = nullptr;
   static inline int seen_fileno = -2;
   void handle() {
     seen = &server;
@@ -378,12 +378,12 @@ struct PlainHandler : ss::BaseRequestHandler<> {
 
 }  // namespace
 
-TEST_CASE("BaseRequestHandler<> sees its server as server_base", "[handlers][members]") {
+TEST_CASE("BaseRequestHandler<> sees its server as any_server", "[handlers][members]") {
   ss::TCPServer<PlainHandler> server({"127.0.0.1", 0});
   ss::socket client = test::connect_to(server.server_address);
   server.handle_request();
   CHECK(test::recv_all(client) == "plain 127.0.0.1\n");
-  CHECK(PlainHandler::seen == static_cast<const ss::server_base*>(&server));
+  CHECK(PlainHandler::seen == static_cast<const ss::any_server*>(&server));
   CHECK(PlainHandler::seen_fileno == server.fileno());
 }
 

@@ -1,13 +1,15 @@
 // SPDX-License-Identifier: MIT
-// Error helpers: every failed system call becomes a std::system_error carrying errno and a
-// message shaped "<op> <address>: <strerror>", e.g. "bind 127.0.0.1:9999: Address already in use".
+// Errors: every failed system call becomes a std::system_error carrying errno and a message
+// shaped "<op> <address>: <strerror>", e.g. "bind 127.0.0.1:9999: Address already in use"
+// (detail/errno.hpp); name resolution failures keep getaddrinfo's own text (gai_category).
 #pragma once
 
 #include <netdb.h>  // gai_strerror
 
-#include <cerrno>        // errno, EINTR
 #include <string>        // std::string
-#include <system_error>  // std::system_error, std::error_code, std::error_category
+#include <system_error>  // std::error_category
+
+#include "detail/errno.hpp"  // throw_error, throw_errno, retry_on_eintr
 
 namespace socketserver {
 namespace detail {
@@ -27,26 +29,4 @@ inline const std::error_category& gai_category() noexcept {
   return category;
 }
 
-namespace detail {
-
-/// errno as a std::error_code.
-inline std::error_code last_error() noexcept { return {errno, std::system_category()}; }
-
-[[noreturn]] inline void throw_error(std::error_code ec, const std::string& what) {
-  throw std::system_error(ec, what);
-}
-
-[[noreturn]] inline void throw_errno(const std::string& what) { throw_error(last_error(), what); }
-
-/// Repeats a system call while it fails with EINTR (a signal arrived; nothing went wrong).
-template <class Call>
-auto retry_on_eintr(Call call) noexcept(noexcept(call())) -> decltype(call()) {
-  decltype(call()) result;
-  do {
-    result = call();
-  } while (result == -1 && errno == EINTR);
-  return result;
-}
-
-}  // namespace detail
 }  // namespace socketserver

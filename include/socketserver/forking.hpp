@@ -15,16 +15,17 @@
 #include <cstdio>        // std::fflush
 #include <set>           // std::set
 #include <system_error>  // std::system_error
-#include <type_traits>   // std::is_same_v
 #include <utility>       // std::move
 #include <vector>        // std::vector
 
 #include "address.hpp"
-#include "base_server.hpp"  // detail::open_pidfd
+#include "base_server.hpp"  // detail::is_stream
+#include "detail/errno.hpp"
 #include "detail/poll.hpp"
-#include "error.hpp"
-#include "server_base.hpp"  // strict_bool
+#include "detail/process.hpp"
+#include "detail/time.hpp"
 #include "socket.hpp"
+#include "strict_bool.hpp"
 
 namespace socketserver {
 
@@ -106,7 +107,7 @@ class ForkingMixIn : public Base {
     pthread_sigmask(SIG_UNBLOCK, &term, nullptr);
     int status = 1;
     try {
-      if constexpr (std::is_same_v<request_type, socketserver::socket>)
+      if constexpr (detail::is_stream<request_type>)
         this->socket.close();  // the child serves one connection, it accepts none
       this->derived().finish_request(request, client_address);
       status = 0;
@@ -128,8 +129,8 @@ class ForkingMixIn : public Base {
   /// children, sends SIGTERM to those still running, reaps them all, and closes the server.
   /// Returns how many children were cut.
   std::size_t drain(std::chrono::duration<double> grace) {
-    if constexpr (std::is_same_v<request_type, socketserver::socket>) Base::server_close();
-    using clock = std::chrono::steady_clock;
+    if constexpr (detail::is_stream<request_type>) Base::server_close();
+    using detail::clock;
     const auto deadline = clock::now() + std::chrono::duration_cast<clock::duration>(grace);
     collect_children();
     while (!active_children.empty() && clock::now() < deadline) {

@@ -13,9 +13,9 @@
 #include <utility>       // std::declval
 
 #include "address.hpp"
+#include "any_server.hpp"
 #include "datagram.hpp"
 #include "io.hpp"
-#include "server_base.hpp"
 #include "socket.hpp"
 
 namespace socketserver {
@@ -119,12 +119,12 @@ void run_handler(Request& request, const address& client_address, Server& server
 ///
 /// `Request` is `socket` (the connection) for stream servers and `datagram` for datagram
 /// servers. `Server` is the server class whose members handle() may use through `server`;
-/// void (the default) types `server` as server_base, which every server is.
+/// void (the default) types `server` as any_server, which every server is.
 template <class Request = socket, class Server = void>
 class BaseRequestHandler {
  public:
   using request_type = Request;
-  using server_type = std::conditional_t<std::is_void_v<Server>, server_base, Server>;
+  using server_type = std::conditional_t<std::is_void_v<Server>, any_server, Server>;
 
   /// The request: the connected socket, or the datagram and the server's socket.
   Request& request;

@@ -5,7 +5,7 @@
 #include <poll.h>  // POLLIN, POLLOUT
 
 #include <algorithm>    // std::max
-#include <chrono>       // std::chrono::steady_clock
+#include <chrono>       // std::chrono::duration
 #include <cstddef>      // std::size_t, std::ptrdiff_t
 #include <cstring>      // std::memchr
 #include <iterator>     // std::input_iterator_tag
@@ -232,7 +232,7 @@ class reader {
     }
   }
 
-  using clock = detail::deadline_clock;
+  using clock = detail::clock;
   socket_view sock_;
   std::size_t bufsize_ = default_buffer_size;
   std::size_t max_line_length_ = 0;
@@ -325,7 +325,7 @@ class writer {
       }
       if (ec != std::errc::resource_unavailable_try_again && ec != std::errc::operation_would_block)
         detail::throw_error(ec, "sendall");
-      if (deadline <= detail::deadline_clock::now() ||
+      if (deadline <= detail::clock::now() ||
           !detail::wait_until(sock_.fileno(), POLLOUT, deadline))
         detail::throw_error(std::make_error_code(std::errc::timed_out), "sendall");
     }

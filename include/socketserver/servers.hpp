@@ -1,10 +1,12 @@
 // SPDX-License-Identifier: MIT
-// The twelve ready-made servers: the four synchronous ones and the eight mixed-in types.
+// The ready-made servers: the four synchronous ones, the eight mixed-in types of Python and
+// the four thread-pool ones; every one of them can also prefork (PreforkMixIn).
 #pragma once
 
 #include <type_traits>  // std::conditional_t, std::is_void_v
 
 #include "forking.hpp"
+#include "prefork.hpp"
 #include "tcp_server.hpp"
 #include "thread_pool.hpp"
 #include "threading.hpp"
@@ -32,42 +34,51 @@ using server_type_t = std::conditional_t<std::is_void_v<Derived>, final_server<S
 
 // Two-parameter forms of the servers, to compose with final_server and server_type_t.
 template <class H, class D>
-using tcp_server_t = basic_tcp_server<H, D>;
+using tcp_server_t = PreforkMixIn<basic_tcp_server<H, D>>;
 template <class H, class D>
-using forking_tcp_server_t = ForkingMixIn<basic_tcp_server<H, D>>;
+using udp_server_t = PreforkMixIn<basic_udp_server<H, D>>;
 template <class H, class D>
-using forking_udp_server_t = ForkingMixIn<basic_udp_server<H, D>>;
+using unix_stream_server_t = PreforkMixIn<basic_unix_stream_server<H, D>>;
 template <class H, class D>
-using threading_tcp_server_t = ThreadingMixIn<basic_tcp_server<H, D>>;
+using unix_datagram_server_t = PreforkMixIn<basic_unix_datagram_server<H, D>>;
 template <class H, class D>
-using threading_udp_server_t = ThreadingMixIn<basic_udp_server<H, D>>;
+using forking_tcp_server_t = PreforkMixIn<ForkingMixIn<basic_tcp_server<H, D>>>;
 template <class H, class D>
-using forking_unix_stream_server_t = ForkingMixIn<basic_unix_stream_server<H, D>>;
+using forking_udp_server_t = PreforkMixIn<ForkingMixIn<basic_udp_server<H, D>>>;
 template <class H, class D>
-using forking_unix_datagram_server_t = ForkingMixIn<basic_unix_datagram_server<H, D>>;
+using threading_tcp_server_t = PreforkMixIn<ThreadingMixIn<basic_tcp_server<H, D>>>;
 template <class H, class D>
-using threading_unix_stream_server_t = ThreadingMixIn<basic_unix_stream_server<H, D>>;
+using threading_udp_server_t = PreforkMixIn<ThreadingMixIn<basic_udp_server<H, D>>>;
 template <class H, class D>
-using threading_unix_datagram_server_t = ThreadingMixIn<basic_unix_datagram_server<H, D>>;
+using forking_unix_stream_server_t = PreforkMixIn<ForkingMixIn<basic_unix_stream_server<H, D>>>;
 template <class H, class D>
-using thread_pool_tcp_server_t = ThreadPoolMixIn<basic_tcp_server<H, D>>;
+using forking_unix_datagram_server_t = PreforkMixIn<ForkingMixIn<basic_unix_datagram_server<H, D>>>;
 template <class H, class D>
-using thread_pool_udp_server_t = ThreadPoolMixIn<basic_udp_server<H, D>>;
+using threading_unix_stream_server_t = PreforkMixIn<ThreadingMixIn<basic_unix_stream_server<H, D>>>;
 template <class H, class D>
-using thread_pool_unix_stream_server_t = ThreadPoolMixIn<basic_unix_stream_server<H, D>>;
+using threading_unix_datagram_server_t =
+    PreforkMixIn<ThreadingMixIn<basic_unix_datagram_server<H, D>>>;
 template <class H, class D>
-using thread_pool_unix_datagram_server_t = ThreadPoolMixIn<basic_unix_datagram_server<H, D>>;
+using thread_pool_tcp_server_t = PreforkMixIn<ThreadPoolMixIn<basic_tcp_server<H, D>>>;
+template <class H, class D>
+using thread_pool_udp_server_t = PreforkMixIn<ThreadPoolMixIn<basic_udp_server<H, D>>>;
+template <class H, class D>
+using thread_pool_unix_stream_server_t =
+    PreforkMixIn<ThreadPoolMixIn<basic_unix_stream_server<H, D>>>;
+template <class H, class D>
+using thread_pool_unix_datagram_server_t =
+    PreforkMixIn<ThreadPoolMixIn<basic_unix_datagram_server<H, D>>>;
 
 // Python's classes. `Handler` is the RequestHandlerClass. `Derived` is your own server class
 // when you subclass one (CRTP): `struct MyServer : ThreadingTCPServer<MyHandler, MyServer>`.
 template <class Handler, class Derived = void>
 using TCPServer = server_type_t<tcp_server_t, Handler, Derived>;
 template <class Handler, class Derived = void>
-using UDPServer = server_type_t<basic_udp_server, Handler, Derived>;
+using UDPServer = server_type_t<udp_server_t, Handler, Derived>;
 template <class Handler, class Derived = void>
-using UnixStreamServer = server_type_t<basic_unix_stream_server, Handler, Derived>;
+using UnixStreamServer = server_type_t<unix_stream_server_t, Handler, Derived>;
 template <class Handler, class Derived = void>
-using UnixDatagramServer = server_type_t<basic_unix_datagram_server, Handler, Derived>;
+using UnixDatagramServer = server_type_t<unix_datagram_server_t, Handler, Derived>;
 
 template <class Handler, class Derived = void>
 using ForkingTCPServer = server_type_t<forking_tcp_server_t, Handler, Derived>;

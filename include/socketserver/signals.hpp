@@ -10,7 +10,7 @@
 #include <system_error>      // std::system_error
 #include <thread>            // std::thread
 
-#include "server_base.hpp"
+#include "any_server.hpp"
 
 namespace socketserver {
 
@@ -29,7 +29,7 @@ namespace socketserver {
 class shutdown_on_signals {
  public:
   /// @throws std::system_error if the mask cannot be set or the thread started.
-  explicit shutdown_on_signals(server_base& server,
+  explicit shutdown_on_signals(any_server& server,
                                std::initializer_list<int> signals = {SIGTERM, SIGINT}) {
     sigemptyset(&set_);
     for (int s : signals) sigaddset(&set_, s);

@@ -18,12 +18,13 @@
 
 #include "address.hpp"
 #include "detail/blocking.hpp"
+#include "detail/time.hpp"  // optional_seconds
 #include "error.hpp"
 
 namespace socketserver {
 
 /// A timeout as Python spells it: std::nullopt blocks forever, zero never blocks.
-using timeout_type = std::optional<std::chrono::duration<double>>;
+using timeout_type = detail::optional_seconds;
 
 /// A socket file descriptor it does not own, with the methods of Python's socket object.
 /// Sends never raise SIGPIPE (MSG_NOSIGNAL); calls interrupted by a signal are retried.

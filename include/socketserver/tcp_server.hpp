@@ -14,6 +14,7 @@
 #include "base_server.hpp"
 #include "error.hpp"
 #include "socket.hpp"
+#include "strict_bool.hpp"
 
 namespace socketserver {
 namespace detail {

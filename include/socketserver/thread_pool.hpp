@@ -3,7 +3,6 @@
 // queue of accepted requests for when they are all busy.
 #pragma once
 
-#include <fcntl.h>       // fcntl, O_NONBLOCK
 #include <poll.h>        // pollfd, POLLIN
 #include <sys/socket.h>  // shutdown, SHUT_RDWR
 
@@ -25,7 +24,9 @@
 #include <vector>              // std::vector
 
 #include "address.hpp"
-#include "base_server.hpp"  // detail::describe_current_exception
+#include "base_server.hpp"  // detail::is_stream, detail::has_nothrow_get_request
+#include "detail/exceptions.hpp"
+#include "detail/fd.hpp"
 #include "detail/poll.hpp"
 #include "detail/wakeup.hpp"
 #include "socket.hpp"
@@ -141,31 +142,14 @@ class ThreadPoolMixIn : public Base {
   ///         or the workers cannot be started; std::logic_error if already serving.
   void serve_forever(
       std::chrono::duration<double> poll_interval = std::chrono::duration<double>(0.5)) {
-    this->begin_serving();
-    struct end_guard {
-      ThreadPoolMixIn* server;
-      ~end_guard() { server->end_serving(); }
-    } guard{this};
+    auto serving = this->begin_serving();
     const int fd = this->fileno();
     if (fd < 0) throw std::system_error(EBADF, std::system_category(), "serve_forever");
     // Non-blocking for the whole run (not per leader), so that no leader can block in
-    // accept() after another has put the flags back.
-    struct restore_flags {
-      int fd = -1, flags = 0;
-      ~restore_flags() {
-        if (fd >= 0) ::fcntl(fd, F_SETFL, flags);
-      }
-    } restore;
-    bool nonblocking = true;  // a datagram server's get_request() never blocks
-    if constexpr (std::is_same_v<request_type, socketserver::socket>) {
-      const int flags = ::fcntl(fd, F_GETFL);
-      if (flags >= 0 && (flags & O_NONBLOCK) == 0 &&
-          ::fcntl(fd, F_SETFL, flags | O_NONBLOCK) == 0) {
-        restore.fd = fd;  // (assigning a temporary would restore at once)
-        restore.flags = flags;
-      }
-      nonblocking = (::fcntl(fd, F_GETFL) & O_NONBLOCK) != 0;
-    }
+    // accept() after another has put the flags back. (A datagram server's get_request()
+    // never blocks.)
+    detail::nonblocking_scope nonblocking_socket(detail::is_stream<request_type> ? fd : -1);
+    const bool nonblocking = !detail::is_stream<request_type> || nonblocking_socket.nonblocking();
     {
       std::lock_guard<std::mutex> lock(mutex_);
       if (workers_.empty()) start_workers();
@@ -182,10 +166,9 @@ class ThreadPoolMixIn : public Base {
     }
     work_.notify_all();
 
-    // Wait for shutdown(), a prefork supervisor's stop, or a leader's fatal error; meanwhile
+    // Wait for shutdown() or a leader's fatal error; meanwhile
     // take the loop from a request that holds it too long.
-    pollfd fds[4] = {{this->wakeup_.fileno(), POLLIN, 0},
-                     {this->stop_fd_, POLLIN, 0},
+    pollfd fds[3] = {{this->wakeup_.fileno(), POLLIN, 0},
                      {failed_.fileno(), POLLIN, 0},
                      {busy_.fileno(), POLLIN, 0}};
     std::vector<std::uint64_t> seen(lane_count_);
@@ -196,9 +179,9 @@ class ThreadPoolMixIn : public Base {
       for (pollfd& p : fds) p.revents = 0;
       const bool watching = !idle && handoff_after_.count() > 0;
       const int ready =
-          detail::poll_for(fds, 4, watching ? timeout_type(handoff_after_) : std::nullopt);
-      if (fds[1].revents != 0 || fds[2].revents != 0) break;
-      if (fds[3].revents != 0) busy_.drain();
+          detail::poll_for(fds, 3, watching ? timeout_type(handoff_after_) : std::nullopt);
+      if (fds[1].revents != 0) break;
+      if (fds[2].revents != 0) busy_.drain();
       if (ready > 0) {  // busy again: watch from now
         idle = false;
         for (std::size_t i = 0; i < lane_count_; ++i) seen[i] = lanes_[i].load();
@@ -261,8 +244,8 @@ class ThreadPoolMixIn : public Base {
     }
     ++serving_;
     lock.unlock();
-    hooks_turn{this}.leave();  // other leaders may take requests while this one is served
-    serve_here(next);          // with the loop in hand, as long as the request need not wait
+    lane_policy{this}.end_hooks_turn();  // other leaders may take requests while this one is served
+    serve_here(next);  // with the loop in hand, as long as the request need not wait
     lock.lock();
     finished_one();
     serve_queued(lock);
@@ -283,7 +266,7 @@ class ThreadPoolMixIn : public Base {
 
   /// Closes the server and stops the workers (see drain_on_close).
   void server_close() {
-    if constexpr (std::is_same_v<request_type, socketserver::socket>) {
+    if constexpr (detail::is_stream<request_type>) {
       Base::server_close();
       stop_workers();
     } else {
@@ -297,7 +280,7 @@ class ThreadPoolMixIn : public Base {
   /// down the connections being served, and closes the server. Returns how many requests
   /// were cut.
   std::size_t drain(std::chrono::duration<double> grace) {
-    if constexpr (std::is_same_v<request_type, socketserver::socket>) Base::server_close();
+    if constexpr (detail::is_stream<request_type>) Base::server_close();
     std::size_t cut = 0;
     std::deque<job> unserved;
     {
@@ -389,13 +372,7 @@ class ThreadPoolMixIn : public Base {
     if (!take_loop()) return;
     leading_ = true;
     try {
-      this->serve_loop(
-          poll_interval_,
-          [this] {
-            return leading_ && accepting_.load(std::memory_order_acquire) &&
-                   !this->shutdown_requested();
-          },
-          nonblocking_, hooks_turn{this});
+      this->serve_loop(poll_interval_, lane_policy{this});
     } catch (...) {  // the socket cannot accept: serve_forever() raises it
       std::lock_guard<std::mutex> lock(mutex_);
       if (!failure_) failure_ = std::current_exception();
@@ -414,27 +391,34 @@ class ThreadPoolMixIn : public Base {
   // it accepted, with the lane in hand, which another thread may take from it) or parked
   // (closed while there are more leaders than requests); above them, a count of the requests
   // served inline, which tells the watcher one long request from many short ones. The
-  // leaders take turns for the hooks that Derived redefines (hooks_turn), as one loop would
+  // leaders take turns for the hooks that Derived redefines (lane_policy), as one loop would
   // call them.
 
   static constexpr std::uint64_t loop_free = 0, looping = 1, serving_inline = 2, parked = 3,
                                  phase = 3, next_request = 4;
 
-  struct hooks_turn {  // serve_loop()'s Section
+  struct lane_policy {  // how a leader runs serve_loop() (see BaseServer::one_loop)
     ThreadPoolMixIn* pool;
-    bool shared() const noexcept { return pool->lane_count_ > 1; }
-    void enter() {
+    bool keep_going() const noexcept {
+      return leading_ && pool->accepting_.load(std::memory_order_acquire) &&
+             !pool->shutdown_requested();
+    }
+    bool socket_nonblocking() const noexcept { return pool->nonblocking_; }
+    bool shared() const noexcept {
+      return pool->lane_count_ > 1 || pool->derived().socket_shared();
+    }
+    void take_hooks_turn() {
       using derived_type = std::remove_reference_t<decltype(pool->derived())>;
-      if (!detail::redefines_loop_hooks<derived_type, Base> || !shared()) return;
+      if (!detail::redefines_loop_hooks<derived_type, Base> || pool->lane_count_ <= 1) return;
       pool->hooks_.lock();
       in_hooks_ = true;
     }
-    void leave() noexcept {
+    void end_hooks_turn() noexcept {
       if (!in_hooks_) return;
       in_hooks_ = false;
       pool->hooks_.unlock();
     }
-    bool nothing_waiting() { return pool->step_down(); }
+    bool keep_looping_when_idle() { return pool->step_down(); }
   };
 
   // A leader found no request waiting. One of several open lanes closes (parks) then, and
@@ -523,8 +507,8 @@ class ThreadPoolMixIn : public Base {
     const std::uint64_t token =
         ((lane.load(std::memory_order_relaxed) & ~phase) + next_request) | serving_inline;
     inline_token_ = token;
-    inline_until_ = std::chrono::steady_clock::now() +
-                    std::chrono::duration_cast<std::chrono::steady_clock::duration>(handoff_after_);
+    inline_until_ =
+        detail::clock::now() + std::chrono::duration_cast<detail::clock::duration>(handoff_after_);
     lane.store(token);
     if (!accepting_.load()) {  // serve_forever() may be waiting for this lane to leave the loop
       { std::lock_guard<std::mutex> lock(mutex_); }
@@ -546,14 +530,14 @@ class ThreadPoolMixIn : public Base {
   // the events come first it keeps the lane and the hook. A wait on several descriptors
   // hands the lane on at once.
   static void wait_or_hand_on(void* self, int fd, short events,
-                              detail::block_deadline deadline) noexcept {
+                              detail::clock::time_point deadline) noexcept {
     auto& pool = *static_cast<ThreadPoolMixIn*>(self);
     if (fd >= 0 && pool.my_lane().load() == inline_token_) {  // (not taken from it already)
       const auto until = std::min(deadline, inline_until_);
       // A request's bytes usually follow its connection within microseconds: wait for them
       // a moment before a new request can take the lane away.
       pollfd own{fd, events, 0};
-      const auto grace = std::chrono::steady_clock::now() + handoff_grace;
+      const auto grace = detail::clock::now() + handoff_grace;
       int ready = detail::poll_once(&own, 1, std::min(until, grace));
       if (ready < 0 || own.revents != 0) return;  // EINTR: the caller tries again
       pollfd fds[2] = {{fd, events, 0},
@@ -638,7 +622,7 @@ class ThreadPoolMixIn : public Base {
 
   // The connection of the request a worker is serving, which drain() may shut down.
   static int connection_fd(const request_type& request) noexcept {
-    if constexpr (std::is_same_v<request_type, socketserver::socket>)
+    if constexpr (detail::is_stream<request_type>)
       return request.fileno();
     else
       return no_fd;
@@ -710,7 +694,7 @@ class ThreadPoolMixIn : public Base {
   std::size_t serving_ = 0;                          // requests being served
   std::atomic<bool> accepting_{false};               // serve_forever() is running
   std::condition_variable turn_;  // the loop was freed, or the server stopped accepting
-  std::mutex hooks_;              // held by the leader calling the hooks (hooks_turn)
+  std::mutex hooks_;              // held by the leader calling the hooks (lane_policy)
   const std::size_t max_lanes_ = std::max(1u, std::thread::hardware_concurrency());
   std::unique_ptr<std::atomic<std::uint64_t>[]> lanes_ {
     new std::atomic<std::uint64_t>[max_lanes_] {}
@@ -731,8 +715,8 @@ class ThreadPoolMixIn : public Base {
   inline static thread_local std::size_t lane_ = 0;   // which one
   inline static thread_local bool in_hooks_ = false;  // it holds hooks_
   inline static thread_local std::uint64_t inline_token_ = 0;  // the lane while serving inline
-  inline static thread_local std::chrono::steady_clock::time_point inline_until_{};  // and till
-  inline static thread_local std::atomic<int>* serving_fd_ = nullptr;  // this worker's slot
+  inline static thread_local detail::clock::time_point inline_until_{};  // and till
+  inline static thread_local std::atomic<int>* serving_fd_ = nullptr;    // this worker's slot
 };
 
 }  // namespace socketserver

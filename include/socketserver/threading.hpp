@@ -12,11 +12,11 @@
 #include <memory>              // std::unique_ptr
 #include <mutex>               // std::mutex, std::unique_lock, std::lock_guard
 #include <system_error>        // std::system_error
-#include <type_traits>         // std::is_same_v
 #include <utility>             // std::move
 
 #include "address.hpp"
-#include "base_server.hpp"  // detail::describe_current_exception
+#include "base_server.hpp"  // detail::is_stream
+#include "detail/exceptions.hpp"
 #include "socket.hpp"
 
 namespace socketserver {
@@ -97,7 +97,7 @@ class ThreadingMixIn : public Base {
   /// A datagram server waits first, so no thread replies on a closed socket; a stream server
   /// closes first, so new clients are refused while it waits (as CPython).
   void server_close() {
-    if constexpr (std::is_same_v<request_type, socketserver::socket>) {
+    if constexpr (detail::is_stream<request_type>) {
       Base::server_close();
       join();
     } else {
@@ -111,7 +111,7 @@ class ThreadingMixIn : public Base {
   /// for them, and closes the server. Returns how many connections were cut. (A datagram
   /// handler has no connection to cut: its thread is waited for.)
   std::size_t drain(std::chrono::duration<double> grace) {
-    if constexpr (std::is_same_v<request_type, socketserver::socket>) Base::server_close();
+    if constexpr (detail::is_stream<request_type>) Base::server_close();
     std::size_t cut = 0;
     {
       std::unique_lock<std::mutex> lock(mutex_);
@@ -170,8 +170,7 @@ class ThreadingMixIn : public Base {
   }
 
   void link(task* t) {
-    if constexpr (std::is_same_v<request_type, socketserver::socket>)
-      t->connection_fd = t->request.fileno();
+    if constexpr (detail::is_stream<request_type>) t->connection_fd = t->request.fileno();
     std::lock_guard<std::mutex> lock(mutex_);
     t->prev = running_.prev;
     t->next = &running_;

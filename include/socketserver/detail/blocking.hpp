@@ -10,20 +10,18 @@
 #include <sys/types.h>   // ssize_t
 
 #include <cerrno>  // errno, EAGAIN, EWOULDBLOCK
-#include <chrono>  // std::chrono::steady_clock
 
-#include "../error.hpp"
+#include "errno.hpp"  // retry_on_eintr
+#include "time.hpp"   // clock
 
 namespace socketserver {
 namespace detail {
-
-using block_deadline = std::chrono::steady_clock::time_point;
 
 /// fire(context, fd, events, deadline) is called when this thread is about to wait for
 /// `events` on `fd` (-1: on several descriptors), until `deadline` at the latest. It may
 /// wait there itself for a while; it disarms the hook when it no longer wants to be called.
 struct block_hook {
-  void (*fire)(void* context, int fd, short events, block_deadline deadline) noexcept = nullptr;
+  void (*fire)(void* context, int fd, short events, clock::time_point deadline) noexcept = nullptr;
   void* context = nullptr;
 };
 
@@ -37,7 +35,7 @@ inline bool block_hook_armed() noexcept { return about_to_block.fire != nullptr;
 
 /// Calls this thread's hook, if armed: the caller is about to wait for `events` on `fd`.
 inline void before_blocking(int fd, short events,
-                            block_deadline deadline = block_deadline::max()) noexcept {
+                            clock::time_point deadline = clock::time_point::max()) noexcept {
   const block_hook hook = about_to_block;
   if (hook.fire != nullptr) hook.fire(hook.context, fd, events, deadline);
 }

@@ -11,11 +11,10 @@
 #endif
 
 #include <cerrno>  // errno, EINTR
-#include <chrono>  // std::chrono
 
-#include "../error.hpp"
-#include "../socket.hpp"  // timeout_type
-#include "poll.hpp"       // deadline_after, ms_until
+#include "errno.hpp"  // throw_errno
+#include "poll.hpp"   // deadline_after, ms_until
+#include "time.hpp"   // optional_seconds
 
 namespace socketserver {
 namespace detail {
@@ -53,7 +52,7 @@ class exclusive_wait {
 
   /// Like poll_for() on the descriptors given to the constructor: sets their revents and
   /// returns how many are ready (0 on timeout). Signals are retried with the time left.
-  int wait(pollfd* fds, int count, timeout_type timeout) {
+  int wait(pollfd* fds, int count, optional_seconds timeout) {
 #if defined(__linux__) && defined(EPOLLEXCLUSIVE)
     const auto deadline = deadline_after(timeout);
     for (int i = 0; i < count; ++i) fds[i].revents = 0;

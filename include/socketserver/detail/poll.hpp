@@ -6,43 +6,40 @@
 
 #include <poll.h>  // poll, ppoll, pollfd
 
-#include <chrono>  // std::chrono
+#include <chrono>  // std::chrono::duration_cast
 #include <ctime>   // timespec
 
-#include "../error.hpp"
-#include "../socket.hpp"  // timeout_type
-#include "blocking.hpp"
+#include "blocking.hpp"  // before_blocking
+#include "errno.hpp"     // throw_errno
+#include "time.hpp"      // clock, optional_seconds
 
 namespace socketserver {
 namespace detail {
 
-using deadline_clock = std::chrono::steady_clock;
-
 /// When a wait of `timeout` that starts now must end; time_point::max() for no limit.
-inline deadline_clock::time_point deadline_after(timeout_type timeout) {
-  return timeout ? deadline_clock::now() +
-                       std::chrono::duration_cast<deadline_clock::duration>(*timeout)
-                 : deadline_clock::time_point::max();
+inline clock::time_point deadline_after(optional_seconds timeout) {
+  return timeout ? clock::now() + std::chrono::duration_cast<clock::duration>(*timeout)
+                 : clock::time_point::max();
 }
 
 /// What is left until `deadline`: never negative.
-inline deadline_clock::duration time_left(deadline_clock::time_point deadline) {
-  const auto left = deadline - deadline_clock::now();
-  return left > deadline_clock::duration::zero() ? left : deadline_clock::duration::zero();
+inline clock::duration time_left(clock::time_point deadline) {
+  const auto left = deadline - clock::now();
+  return left > clock::duration::zero() ? left : clock::duration::zero();
 }
 
 /// Milliseconds left until `deadline`, rounded up so that a wait never ends early and
 /// spins; -1 (no limit) for time_point::max().
-inline int ms_until(deadline_clock::time_point deadline) {
-  if (deadline == deadline_clock::time_point::max()) return -1;
+inline int ms_until(clock::time_point deadline) {
+  if (deadline == clock::time_point::max()) return -1;
   const auto us = std::chrono::duration_cast<std::chrono::microseconds>(time_left(deadline));
   return static_cast<int>((us.count() + 999) / 1000);
 }
 
 /// One poll() until `deadline`, as the system call returns it (-1 with errno on EINTR):
 /// no retry, and no block hook (for the hook itself to wait with).
-inline int poll_once(pollfd* fds, nfds_t count, deadline_clock::time_point deadline) noexcept {
-  if (deadline == deadline_clock::time_point::max()) return ::poll(fds, count, -1);
+inline int poll_once(pollfd* fds, nfds_t count, clock::time_point deadline) noexcept {
+  if (deadline == clock::time_point::max()) return ::poll(fds, count, -1);
   const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(time_left(deadline));
 #if defined(__linux__)
   const timespec ts{static_cast<time_t>(ns.count() / 1000000000),
@@ -57,8 +54,8 @@ inline int poll_once(pollfd* fds, nfds_t count, deadline_clock::time_point deadl
 /// descriptors, 0 at the deadline. A call that may wait fires this thread's block hook
 /// first (blocking.hpp).
 /// @throws std::system_error if poll fails for a reason other than EINTR.
-inline int poll_until(pollfd* fds, nfds_t count, deadline_clock::time_point deadline) {
-  if (deadline > deadline_clock::now())
+inline int poll_until(pollfd* fds, nfds_t count, clock::time_point deadline) {
+  if (deadline > clock::now())
     before_blocking(count == 1 ? fds[0].fd : -1, count == 1 ? fds[0].events : 0, deadline);
   for (;;) {
     const int ready = poll_once(fds, count, deadline);
@@ -69,19 +66,19 @@ inline int poll_until(pollfd* fds, nfds_t count, deadline_clock::time_point dead
 
 /// Waits until one of fds is ready or `timeout` has passed (nullopt: no limit); see
 /// poll_until().
-inline int poll_for(pollfd* fds, nfds_t count, timeout_type timeout) {
+inline int poll_for(pollfd* fds, nfds_t count, optional_seconds timeout) {
   return poll_until(fds, count, deadline_after(timeout));
 }
 
 /// Waits until fd is readable; false on timeout.
-inline bool wait_readable(int fd, timeout_type timeout) {
+inline bool wait_readable(int fd, optional_seconds timeout) {
   pollfd p{fd, POLLIN, 0};
   return poll_for(&p, 1, timeout) > 0;
 }
 
 /// Waits for `events` on fd (or its failure: the next call says how) until `deadline`;
 /// false if the deadline came first.
-inline bool wait_until(int fd, short events, deadline_clock::time_point deadline) {
+inline bool wait_until(int fd, short events, clock::time_point deadline) {
   pollfd p{fd, events, 0};
   return poll_until(&p, 1, deadline) > 0;
 }

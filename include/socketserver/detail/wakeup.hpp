@@ -11,7 +11,7 @@
 
 #include <cstdint>  // std::uint64_t
 
-#include "../error.hpp"
+#include "errno.hpp"  // throw_errno, retry_on_eintr
 
 namespace socketserver {
 namespace detail {

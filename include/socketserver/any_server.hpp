@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
-// server_base: what every server has whatever its types (socket, timeout, serve/shutdown).
+// any_server: what every server has, whatever its handler and request types (the socket,
+// timeout, the serve/shutdown handshake and the counters).
 #pragma once
 
 #include <sys/types.h>  // pid_t
@@ -12,45 +13,20 @@
 #include <stdexcept>           // std::logic_error
 #include <string>              // std::string
 #include <thread>              // std::this_thread, std::thread::id
-#include <type_traits>         // std::enable_if_t, std::is_same_v
 
 #include "detail/wakeup.hpp"
-#include "socket.hpp"
+#include "socket.hpp"  // socket, timeout_type
+#include "stats.hpp"
 
 namespace socketserver {
 
-/// A bool parameter that accepts only a bool. Servers take `bind_and_activate` as this, so
-/// `TCPServer<H> s({"127.0.0.1", 0})` cannot also be read as (path "127.0.0.1", flag 0).
-class strict_bool {
+/// What every server has, whatever its types: the socket, `timeout`, the serve/shutdown
+/// handshake and stats(). A handler written for any server (`BaseRequestHandler<>`) sees its
+/// server as this class.
+class any_server {
  public:
-  template <class B, std::enable_if_t<std::is_same_v<B, bool>, int> = 0>
-  constexpr strict_bool(B value) noexcept : value_(value) {}  // NOLINT: implicit by design
-  constexpr operator bool() const noexcept { return value_; }
-
- private:
-  bool value_;
-};
-
-/// What every server has, whatever its types: the socket, `timeout` and the serve/shutdown
-/// handshake. A handler written for any server (`BaseRequestHandler<>`) sees its server as
-/// this class.
-/// Request counters, read while serving with server.stats(). Cheap enough to leave on:
-/// a relaxed atomic increment per event.
-struct server_stats {
-  std::uint64_t accepted = 0;   ///< requests get_request() returned
-  std::uint64_t rejected = 0;   ///< of those, refused by verify_request()
-  std::uint64_t completed = 0;  ///< processed to the end, with or without an error
-  std::uint64_t errors = 0;     ///< of those, ended by an exception (handle_error()), or by a
-                                ///< forked child's non-zero exit
-  std::uint64_t get_request_errors = 0;  ///< get_request() failures reported (not transient)
-  /// Accepted, not rejected, not yet completed: being processed or queued.
-  std::uint64_t active() const noexcept { return accepted - rejected - completed; }
-};
-
-class server_base {
- public:
-  server_base(const server_base&) = delete;
-  server_base& operator=(const server_base&) = delete;
+  any_server(const any_server&) = delete;
+  any_server& operator=(const any_server&) = delete;
 
   /// The server's socket (listening for stream servers, receiving for datagram servers).
   socketserver::socket socket;
@@ -105,25 +81,27 @@ class server_base {
   }
 
  protected:
-  server_base() = default;
-  ~server_base() = default;
+  any_server() = default;
+  ~any_server() = default;
 
-  // serve_forever() brackets its loop with these.
-  void begin_serving() {
+  // serve_forever() runs its loop inside this scope: `auto serving = begin_serving();`.
+  class serving_scope {
+   public:
+    explicit serving_scope(any_server& server) noexcept : server_(server) {}
+    serving_scope(const serving_scope&) = delete;
+    serving_scope& operator=(const serving_scope&) = delete;
+    ~serving_scope() { server_.end_serving(); }
+
+   private:
+    any_server& server_;
+  };
+  /// @throws std::logic_error if another thread is serving already.
+  [[nodiscard]] serving_scope begin_serving() {
     std::lock_guard<std::mutex> lock(mutex_);
     if (serving_) throw std::logic_error("serve_forever() is already running in another thread");
     serving_ = true;
     serving_thread_ = std::this_thread::get_id();
-  }
-  void end_serving() noexcept {
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      serving_ = false;
-      shutdown_request_ = false;
-      ++completed_loops_;
-      wakeup_.drain();
-    }
-    cv_.notify_all();
+    return serving_scope(*this);
   }
   bool shutdown_requested() const noexcept {
     return shutdown_request_.load(std::memory_order_acquire);
@@ -144,9 +122,6 @@ class server_base {
   counters counters_;
 
   detail::wakeup wakeup_;
-  // A descriptor whose readability (or hang-up) also stops serve_forever(): a prefork
-  // worker's end of the pipe its supervisor closes. -1: none.
-  int stop_fd_ = -1;
   // The Unix socket file this server created and removes when it closes.
   std::string owned_path_;
 
@@ -168,6 +143,17 @@ class server_base {
   }
 
  private:
+  void end_serving() noexcept {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      serving_ = false;
+      shutdown_request_ = false;
+      ++completed_loops_;
+      wakeup_.drain();
+    }
+    cv_.notify_all();
+  }
+
   mutable std::mutex mutex_;
   std::condition_variable cv_;
   bool serving_ = false;
@@ -175,5 +161,8 @@ class server_base {
   unsigned long completed_loops_ = 0;
   std::atomic<bool> shutdown_request_{false};
 };
+
+/// The former name of any_server.
+using server_base = any_server;
 
 }  // namespace socketserver

@@ -1,0 +1,201 @@
+// SPDX-License-Identifier: MIT
+// PreforkMixIn: serve_forever() on several worker processes that share the server's socket,
+// under a supervisor that replaces the workers that die.
+#pragma once
+
+#include <fcntl.h>      // O_CLOEXEC
+#include <poll.h>       // pollfd, POLLIN
+#include <sys/types.h>  // pid_t
+#include <sys/wait.h>   // waitpid, WNOHANG
+#include <unistd.h>     // pipe2, getpid, _exit
+
+#include <algorithm>     // std::min
+#include <chrono>        // std::chrono
+#include <cstddef>       // std::size_t
+#include <cstdio>        // std::fprintf, std::fflush, stderr
+#include <map>           // std::map
+#include <stdexcept>     // std::invalid_argument
+#include <system_error>  // std::system_error
+#include <thread>        // std::thread
+#include <vector>        // std::vector
+
+#include "base_server.hpp"  // detail::is_stream
+#include "detail/errno.hpp"
+#include "detail/exceptions.hpp"
+#include "detail/fd.hpp"
+#include "detail/poll.hpp"
+#include "detail/process.hpp"
+#include "detail/time.hpp"
+#include "detail/wakeup.hpp"
+#include "socket.hpp"
+
+namespace socketserver {
+
+/// Prefork (beyond Python): serve_forever_workers(n) serves on `n` child processes, each
+/// running serve_forever() on this server's socket, until shutdown() is called (from another
+/// thread of this process). Compose it over any server, as the other mix-ins:
+/// `PreforkMixIn<ThreadingMixIn<basic_tcp_server<H, D>>>`; every predefined server type in
+/// servers.hpp has it.
+///
+/// The parent only supervises: a worker that exits or dies is replaced (at most once a second
+/// for a worker that did not live a second, so a crash loop cannot fork-bomb). shutdown()
+/// tells every worker to stop; each finishes the request it is handling, closes (waiting for
+/// its own threads or children) and exits; serve_forever_workers() returns when all have.
+///
+/// The workers share the one listening socket (a stream socket is made non-blocking while
+/// they serve). Each waits with EPOLLEXCLUSIVE on Linux (socket_shared()), so a request wakes
+/// one waiting worker, not all of them (elsewhere all wake, and those that find nothing wait
+/// again). One socket works for every family, Unix included, and never hands a connection to
+/// a worker that has exited; SO_REUSEPORT sockets would spread connections without a shared
+/// wake-up, but a connection queued on an exiting worker's socket is lost. A worker that
+/// loses its parent stops as well. Each worker counts its own stats().
+template <class Base>
+class PreforkMixIn : public Base {
+ public:
+  using Base::Base;
+
+  /// Forks `workers` workers and supervises them until shutdown(); see the class comment.
+  /// @throws std::invalid_argument for zero workers; std::system_error if the socket is
+  ///         closed or fork() fails for the first workers; std::logic_error if serving.
+  void serve_forever_workers(std::size_t workers, std::chrono::duration<double> poll_interval =
+                                                      std::chrono::duration<double>(0.5)) {
+    if (workers == 0) throw std::invalid_argument("serve_forever_workers: no workers");
+    if (this->fileno() < 0)
+      throw std::system_error(EBADF, std::system_category(), "serve_forever_workers");
+    auto serving = this->begin_serving();
+    // Non-blocking while the workers share it: a worker must not block in accept() after
+    // another one took the connection it woke for.
+    detail::nonblocking_scope nonblocking(
+        detail::is_stream<typename Base::request_type> ? this->fileno() : -1);
+    // The workers stop when this pipe's write end closes: on shutdown(), or when this process
+    // dies.
+    int stop_pipe[2];
+    if (::pipe2(stop_pipe, O_CLOEXEC) < 0) detail::throw_errno("pipe");
+    socketserver::socket stop_read(stop_pipe[0]), stop_write(stop_pipe[1]);
+
+    using detail::clock;
+    struct worker {
+      clock::time_point started;
+      socketserver::socket pidfd;  // readable once the worker has exited (-1 if unsupported)
+    };
+    std::map<pid_t, worker> running;
+    std::vector<clock::time_point> respawn_at;  // replacements waiting out a crash loop
+    auto spawn = [&] {
+      std::fflush(nullptr);
+      const pid_t pid = this->fork_server_process();
+      if (pid < 0) detail::throw_errno("fork");
+      if (pid == 0) {
+        stop_write.close();
+        run_worker(stop_read.fileno(), poll_interval);
+      }
+      running[pid] = worker{clock::now(), socketserver::socket(detail::open_pidfd(pid))};
+    };
+    auto stop_workers = [&] {
+      stop_write.close();  // every worker sees end of file and stops
+      for (auto& [pid, w] : running) {
+        int status = 0;
+        detail::retry_on_eintr([&, p = pid] { return ::waitpid(p, &status, 0); });
+      }
+      running.clear();
+    };
+    try {
+      for (std::size_t i = 0; i < workers; ++i) spawn();
+      std::vector<pollfd> fds;
+      while (!this->shutdown_requested()) {
+        fds.assign(1, pollfd{this->wakeup_.fileno(), POLLIN, 0});
+        for (auto& [pid, w] : running)
+          if (w.pidfd.is_open()) fds.push_back(pollfd{w.pidfd.fileno(), POLLIN, 0});
+        timeout_type wait = poll_interval;
+        for (auto due : respawn_at)
+          wait = std::min<std::chrono::duration<double>>(*wait, due - clock::now());
+        if (*wait < std::chrono::duration<double>::zero()) wait = std::chrono::duration<double>(0);
+        detail::poll_for(fds.data(), fds.size(), wait);
+        if (this->shutdown_requested()) break;
+        reap(running, respawn_at);
+        for (auto it = respawn_at.begin(); it != respawn_at.end();) {
+          if (*it > clock::now()) {
+            ++it;
+            continue;
+          }
+          try {
+            spawn();
+            it = respawn_at.erase(it);
+          } catch (const std::system_error& e) {  // e.g. EAGAIN: try again next time
+            std::fprintf(stderr, "socketserver: cannot replace a worker: %s\n", e.what());
+            *it = clock::now() + std::chrono::seconds(1);
+            ++it;
+          }
+        }
+        this->derived().service_actions();
+      }
+    } catch (...) {
+      stop_workers();
+      throw;
+    }
+    stop_workers();
+  }
+
+  /// True in a worker: other workers wait on the same socket.
+  bool socket_shared() const noexcept { return worker_ || Base::socket_shared(); }
+
+ private:
+  // Reaps the workers that have exited, and schedules their replacements.
+  template <class Running, class Due>
+  static void reap(Running& running, Due& respawn_at) {
+    using detail::clock;
+    for (auto it = running.begin(); it != running.end();) {
+      int status = 0;
+      if (::waitpid(it->first, &status, WNOHANG) != it->first) {
+        ++it;
+        continue;
+      }
+      const bool short_lived = clock::now() - it->second.started < std::chrono::seconds(1);
+      respawn_at.push_back(short_lived ? it->second.started + std::chrono::seconds(1)
+                                       : clock::now());
+      it = running.erase(it);
+    }
+  }
+
+  // A worker's life, in the child: serve until the supervisor's pipe closes, close (waiting
+  // for the worker's own threads or children), leave. A thread watches the pipe and stops
+  // the loop the way any caller does, with shutdown().
+  [[noreturn]] void run_worker(int stop_fd, std::chrono::duration<double> poll_interval) {
+    worker_ = true;
+    int status = 0;
+    try {
+      detail::wakeup served;  // ends the watcher if the loop ends by itself
+      std::thread watcher([this, stop_fd, &served] {
+        pollfd fds[2] = {{stop_fd, POLLIN, 0}, {served.fileno(), POLLIN, 0}};
+        try {
+          detail::poll_for(fds, 2, std::nullopt);
+        } catch (const std::system_error&) {  // cannot watch: stop rather than be orphaned
+        }
+        if (fds[1].revents == 0) this->shutdown();
+      });
+      struct join_watcher {
+        std::thread& watcher;
+        detail::wakeup& served;
+        ~join_watcher() {
+          served.notify();
+          watcher.join();
+        }
+      } join{watcher, served};
+      this->derived().serve_forever(poll_interval);
+    } catch (...) {
+      std::fprintf(stderr, "socketserver: worker %ld stopped: %s\n", static_cast<long>(::getpid()),
+                   detail::describe_current_exception().c_str());
+      status = 1;
+    }
+    try {
+      this->derived().server_close();
+    } catch (...) {
+      status = 1;
+    }
+    std::fflush(nullptr);
+    ::_exit(status);
+  }
+
+  bool worker_ = false;  // this process is one of the workers
+};
+
+}  // namespace socketserver

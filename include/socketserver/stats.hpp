@@ -1,0 +1,22 @@
+// SPDX-License-Identifier: MIT
+// server_stats: the request counters every server keeps (server.stats()).
+#pragma once
+
+#include <cstdint>  // std::uint64_t
+
+namespace socketserver {
+
+/// Request counters, read while serving with server.stats(). Cheap enough to leave on:
+/// a relaxed atomic increment per event.
+struct server_stats {
+  std::uint64_t accepted = 0;   ///< requests get_request() returned
+  std::uint64_t rejected = 0;   ///< of those, refused by verify_request()
+  std::uint64_t completed = 0;  ///< processed to the end, with or without an error
+  std::uint64_t errors = 0;     ///< of those, ended by an exception (handle_error()), or by a
+                                ///< forked child's non-zero exit
+  std::uint64_t get_request_errors = 0;  ///< get_request() failures reported (not transient)
+  /// Accepted, not rejected, not yet completed: being processed or queued.
+  std::uint64_t active() const noexcept { return accepted - rejected - completed; }
+};
+
+}  // namespace socketserver
