@@ -86,6 +86,10 @@ class BaseServer : public any_server {
   /// system can). May be overridden.
   bool socket_shared() const noexcept { return false; }
 
+  /// A descriptor whose readability (or hang-up) ends serve_forever() as shutdown() does, -1
+  /// for none: a prefork worker's end of the pipe its supervisor closes. May be overridden.
+  int stop_fileno() const noexcept { return -1; }
+
  protected:
   /// How serve_loop() runs. serve_forever() runs one loop on one thread (one_loop);
   /// ThreadPoolMixIn runs it on several threads at once with a policy of its own. A policy has:
@@ -129,10 +133,12 @@ class BaseServer : public any_server {
       ~hooks_turn() { policy.end_hooks_turn(); }
       LoopPolicy& policy;
     };
-    pollfd fds[2] = {{listen_fd, POLLIN, 0}, {wakeup_.fileno(), POLLIN, 0}};
+    pollfd fds[3] = {{listen_fd, POLLIN, 0},
+                     {wakeup_.fileno(), POLLIN, 0},
+                     {derived().stop_fileno(), POLLIN, 0}};
     // Where other loops wait on the same socket, a request wakes one of them, not all (where
     // the system can; poll() otherwise).
-    detail::exclusive_wait exclusive(fds, 2, policy.shared());
+    detail::exclusive_wait exclusive(fds, 3, policy.shared());
     int eager_streak = eager && nonblocking_already ? 1 : 0;  // requests taken without a poll:
                                                               // bounded, so wake-ups are seen
     while (policy.keep_going()) {
@@ -148,10 +154,10 @@ class BaseServer : public any_server {
         }
         for (pollfd& p : fds) p.revents = 0;
         if (fds[0].fd >= 0 && exclusive.active())
-          exclusive.wait(fds, 2, wait);
+          exclusive.wait(fds, 3, wait);
         else
-          detail::poll_for(fds, 2, wait);
-        if (!policy.keep_going()) break;  // bpo-35017: no request after shutdown()
+          detail::poll_for(fds, 3, wait);
+        if (!policy.keep_going() || fds[2].revents != 0) break;  // bpo-35017: none after
         if (fds[0].revents & POLLNVAL)
           throw std::system_error(EBADF, std::system_category(), "serve_forever");
       }

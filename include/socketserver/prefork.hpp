@@ -16,7 +16,6 @@
 #include <map>           // std::map
 #include <stdexcept>     // std::invalid_argument
 #include <system_error>  // std::system_error
-#include <thread>        // std::thread
 #include <vector>        // std::vector
 
 #include "base_server.hpp"  // detail::is_stream
@@ -26,7 +25,6 @@
 #include "detail/poll.hpp"
 #include "detail/process.hpp"
 #include "detail/time.hpp"
-#include "detail/wakeup.hpp"
 #include "socket.hpp"
 
 namespace socketserver {
@@ -136,7 +134,9 @@ class PreforkMixIn : public Base {
   }
 
   /// True in a worker: other workers wait on the same socket.
-  bool socket_shared() const noexcept { return worker_ || Base::socket_shared(); }
+  bool socket_shared() const noexcept { return stop_fd_ >= 0 || Base::socket_shared(); }
+  /// In a worker, the supervisor's stop pipe: it stops serving when the pipe closes.
+  int stop_fileno() const noexcept { return stop_fd_ >= 0 ? stop_fd_ : Base::stop_fileno(); }
 
  private:
   // Reaps the workers that have exited, and schedules their replacements.
@@ -156,30 +156,12 @@ class PreforkMixIn : public Base {
     }
   }
 
-  // A worker's life, in the child: serve until the supervisor's pipe closes, close (waiting
-  // for the worker's own threads or children), leave. A thread watches the pipe and stops
-  // the loop the way any caller does, with shutdown().
+  // A worker's life, in the child: serve until the supervisor's pipe closes (stop_fileno()),
+  // close (waiting for the worker's own threads or children), leave.
   [[noreturn]] void run_worker(int stop_fd, std::chrono::duration<double> poll_interval) {
-    worker_ = true;
+    stop_fd_ = stop_fd;
     int status = 0;
     try {
-      detail::wakeup served;  // ends the watcher if the loop ends by itself
-      std::thread watcher([this, stop_fd, &served] {
-        pollfd fds[2] = {{stop_fd, POLLIN, 0}, {served.fileno(), POLLIN, 0}};
-        try {
-          detail::poll_for(fds, 2, std::nullopt);
-        } catch (const std::system_error&) {  // cannot watch: stop rather than be orphaned
-        }
-        if (fds[1].revents == 0) this->shutdown();
-      });
-      struct join_watcher {
-        std::thread& watcher;
-        detail::wakeup& served;
-        ~join_watcher() {
-          served.notify();
-          watcher.join();
-        }
-      } join{watcher, served};
       this->derived().serve_forever(poll_interval);
     } catch (...) {
       std::fprintf(stderr, "socketserver: worker %ld stopped: %s\n", static_cast<long>(::getpid()),
@@ -195,7 +177,7 @@ class PreforkMixIn : public Base {
     ::_exit(status);
   }
 
-  bool worker_ = false;  // this process is one of the workers
+  int stop_fd_ = -1;  // in a worker: the read end of the supervisor's stop pipe
 };
 
 }  // namespace socketserver

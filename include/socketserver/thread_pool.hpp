@@ -166,9 +166,10 @@ class ThreadPoolMixIn : public Base {
     }
     work_.notify_all();
 
-    // Wait for shutdown() or a leader's fatal error; meanwhile
+    // Wait for shutdown(), a prefork supervisor's stop, or a leader's fatal error; meanwhile
     // take the loop from a request that holds it too long.
-    pollfd fds[3] = {{this->wakeup_.fileno(), POLLIN, 0},
+    pollfd fds[4] = {{this->wakeup_.fileno(), POLLIN, 0},
+                     {this->derived().stop_fileno(), POLLIN, 0},
                      {failed_.fileno(), POLLIN, 0},
                      {busy_.fileno(), POLLIN, 0}};
     std::vector<std::uint64_t> seen(lane_count_);
@@ -179,9 +180,9 @@ class ThreadPoolMixIn : public Base {
       for (pollfd& p : fds) p.revents = 0;
       const bool watching = !idle && handoff_after_.count() > 0;
       const int ready =
-          detail::poll_for(fds, 3, watching ? timeout_type(handoff_after_) : std::nullopt);
-      if (fds[1].revents != 0) break;
-      if (fds[2].revents != 0) busy_.drain();
+          detail::poll_for(fds, 4, watching ? timeout_type(handoff_after_) : std::nullopt);
+      if (fds[1].revents != 0 || fds[2].revents != 0) break;
+      if (fds[3].revents != 0) busy_.drain();
       if (ready > 0) {  // busy again: watch from now
         idle = false;
         for (std::size_t i = 0; i < lane_count_; ++i) seen[i] = lanes_[i].load();
