@@ -19,7 +19,8 @@
 #include <tuple>         // std::tuple_size, std::tuple_element
 #include <utility>       // std::move
 
-#include "error.hpp"
+#include "detail/errno.hpp"
+#include "error.hpp"  // gai_category
 
 namespace socketserver {
 

@@ -3,8 +3,7 @@
 // timeout, the serve/shutdown handshake and the counters).
 #pragma once
 
-#include <sys/types.h>  // pid_t
-#include <unistd.h>     // fork
+#include <unistd.h>  // fork, pid_t
 
 #include <atomic>              // std::atomic
 #include <condition_variable>  // std::condition_variable

@@ -15,10 +15,13 @@
 #include "address.hpp"
 #include "any_server.hpp"
 #include "detail/accept_errors.hpp"
+#include "detail/errno.hpp"
 #include "detail/exceptions.hpp"
 #include "detail/exclusive_wait.hpp"
 #include "detail/fd.hpp"
 #include "detail/poll.hpp"
+#include "detail/time.hpp"
+#include "detail/wakeup.hpp"
 #include "handlers.hpp"
 #include "socket.hpp"
 

@@ -9,8 +9,6 @@
 #include <string>        // std::string
 #include <system_error>  // std::error_category
 
-#include "detail/errno.hpp"  // throw_error, throw_errno, retry_on_eintr
-
 namespace socketserver {
 namespace detail {
 

@@ -3,8 +3,7 @@
 #pragma once
 
 #include <poll.h>       // poll, pollfd
-#include <pthread.h>    // pthread_sigmask
-#include <signal.h>     // kill, SIGTERM
+#include <signal.h>     // kill, pthread_sigmask, SIGTERM
 #include <sys/types.h>  // pid_t
 #include <sys/wait.h>   // waitpid, WNOHANG
 #include <unistd.h>     // fork, _exit, close, syscall

@@ -4,18 +4,22 @@
 
 #include <poll.h>  // POLLIN, POLLOUT
 
-#include <algorithm>    // std::max
-#include <chrono>       // std::chrono::duration
-#include <cstddef>      // std::size_t, std::ptrdiff_t
-#include <cstring>      // std::memchr
-#include <iterator>     // std::input_iterator_tag
-#include <stdexcept>    // std::logic_error
-#include <string>       // std::string
-#include <string_view>  // std::string_view
-#include <utility>      // std::move
-#include <vector>       // std::vector
+#include <algorithm>     // std::max
+#include <chrono>        // std::chrono::duration
+#include <cstddef>       // std::size_t, std::ptrdiff_t
+#include <cstring>       // std::memchr
+#include <iterator>      // std::input_iterator_tag
+#include <optional>      // std::nullopt
+#include <stdexcept>     // std::logic_error
+#include <string>        // std::string
+#include <string_view>   // std::string_view
+#include <system_error>  // std::make_error_code, std::errc
+#include <utility>       // std::move
+#include <vector>        // std::vector
 
+#include "detail/errno.hpp"
 #include "detail/poll.hpp"
+#include "detail/time.hpp"
 #include "socket.hpp"
 
 namespace socketserver {

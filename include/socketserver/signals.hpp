@@ -2,8 +2,7 @@
 // shutdown_on_signals: stop a server on SIGTERM/SIGINT without a signal handler.
 #pragma once
 
-#include <pthread.h>  // pthread_sigmask, pthread_kill
-#include <signal.h>   // sigset_t, sigwait, SIGTERM, SIGINT
+#include <signal.h>  // sigset_t, sigwait, pthread_sigmask, pthread_kill, SIGTERM, SIGINT
 
 #include <atomic>            // std::atomic
 #include <initializer_list>  // std::initializer_list

@@ -18,8 +18,8 @@
 
 #include "address.hpp"
 #include "detail/blocking.hpp"
+#include "detail/errno.hpp"
 #include "detail/time.hpp"  // optional_seconds
-#include "error.hpp"
 
 namespace socketserver {
 

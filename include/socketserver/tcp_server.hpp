@@ -12,7 +12,7 @@
 
 #include "address.hpp"
 #include "base_server.hpp"
-#include "error.hpp"
+#include "detail/errno.hpp"
 #include "socket.hpp"
 #include "strict_bool.hpp"
 

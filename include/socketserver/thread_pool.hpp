@@ -25,9 +25,11 @@
 
 #include "address.hpp"
 #include "base_server.hpp"  // detail::is_stream, detail::has_nothrow_get_request
+#include "detail/blocking.hpp"
 #include "detail/exceptions.hpp"
 #include "detail/fd.hpp"
 #include "detail/poll.hpp"
+#include "detail/time.hpp"
 #include "detail/wakeup.hpp"
 #include "socket.hpp"
 

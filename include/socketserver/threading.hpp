@@ -68,7 +68,7 @@ class ThreadingMixIn : public Base {
     }
     auto t = std::make_unique<task>(this, std::move(request), client_address,
                                     block_on_close && !daemon_threads);
-    link(t.get());
+    track(t.get());
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
@@ -77,7 +77,7 @@ class ThreadingMixIn : public Base {
     const int rc = pthread_create(&id, &attr, &thread_main, t.get());
     pthread_attr_destroy(&attr);
     if (rc != 0) {
-      unlink(t.get());
+      untrack(t.get());
       request = std::move(t->request);
       throw std::system_error(rc, std::system_category(), "start request thread");
     }
@@ -169,7 +169,7 @@ class ThreadingMixIn : public Base {
     return nullptr;
   }
 
-  void link(task* t) {
+  void track(task* t) {  // onto the list of running tasks, counted
     if constexpr (detail::is_stream<request_type>) t->connection_fd = t->request.fileno();
     std::lock_guard<std::mutex> lock(mutex_);
     t->prev = running_.prev;
@@ -192,8 +192,8 @@ class ThreadingMixIn : public Base {
     t->prev = t->next = t;
   }
 
-  // Undoes link() for a thread that could not be started.
-  void unlink(task* t) noexcept {
+  // Undoes track() for a thread that could not be started.
+  void untrack(task* t) noexcept {
     forget_connection(t);
     std::lock_guard<std::mutex> lock(mutex_);
     --active_;

@@ -13,7 +13,7 @@
 
 #include "address.hpp"
 #include "datagram.hpp"
-#include "error.hpp"
+#include "detail/errno.hpp"
 #include "tcp_server.hpp"
 
 namespace socketserver {

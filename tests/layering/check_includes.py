@@ -1,0 +1,94 @@
+#!/usr/bin/env python3
+"""The include graph of include/socketserver is strictly layered.
+
+Each header belongs to a layer (LAYERS, lowest first) and may include only headers of
+lower layers; detail/ headers include nothing but detail/ headers; the smallest server
+header (tcp_server.hpp) pulls in no process, prefork or mix-in header. Prints the graph
+(`--graph` prints only the graph, as docs/ARCHITECTURE.md shows it) and exits 1 on a
+violation, naming it.
+"""
+import os
+import re
+import sys
+
+LAYERS = [
+    ("detail: time, errno", ["detail/time.hpp", "detail/errno.hpp", "detail/fd.hpp",
+                             "detail/process.hpp", "detail/exceptions.hpp"]),
+    ("detail: waits", ["detail/accept_errors.hpp", "detail/blocking.hpp", "detail/wakeup.hpp"]),
+    ("detail: poll", ["detail/poll.hpp"]),
+    ("detail: exclusive wait", ["detail/exclusive_wait.hpp"]),
+    ("values", ["version.hpp", "error.hpp", "strict_bool.hpp", "stats.hpp"]),
+    ("address", ["address.hpp"]),
+    ("socket", ["socket.hpp"]),
+    ("requests, files, activation", ["datagram.hpp", "io.hpp", "activation.hpp"]),
+    ("any server", ["any_server.hpp"]),
+    ("handlers, signals", ["handlers.hpp", "signals.hpp"]),
+    ("BaseServer", ["base_server.hpp"]),
+    ("TCPServer", ["tcp_server.hpp"]),
+    ("UDPServer", ["udp_server.hpp"]),
+    ("Unix servers", ["unix_server.hpp"]),
+    ("mix-ins", ["threading.hpp", "forking.hpp", "thread_pool.hpp", "prefork.hpp"]),
+    ("server types", ["servers.hpp"]),
+]
+# What the smallest server header must not pull in.
+NOT_UNDER_TCP_SERVER = ["detail/process.hpp", "prefork.hpp", "forking.hpp", "threading.hpp",
+                        "thread_pool.hpp", "servers.hpp"]
+
+
+def main():
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "include",
+                        "socketserver")
+    headers = sorted(
+        os.path.relpath(os.path.join(d, f), root)
+        for d, _, files in os.walk(root) for f in files if f.endswith(".hpp"))
+    layer_of = {h: i for i, (_, hs) in enumerate(LAYERS) for h in hs}
+    errors = []
+    graph = {}
+    for h in headers:
+        if h not in layer_of:
+            errors.append(f"{h}: not in any layer (add it to LAYERS in {__file__})")
+            continue
+        text = open(os.path.join(root, h)).read()
+        deps = []
+        for inc in re.findall(r'^#\s*include\s+"([^"]+)"', text, re.M):
+            target = os.path.normpath(os.path.join(os.path.dirname(h), inc))
+            deps.append(target)
+            if h.startswith("detail/") and not target.startswith("detail/"):
+                errors.append(f"{h} includes public header {target}: detail/ must not")
+            if target not in layer_of:
+                errors.append(f"{h} includes {target}, which is in no layer")
+            elif layer_of[target] >= layer_of[h]:
+                errors.append(f"{h} (layer {layer_of[h]}) includes {target} "
+                              f"(layer {layer_of[target]}): only lower layers may be included")
+        graph[h] = sorted(deps)
+    for h in (h for h in layer_of if h not in headers):
+        errors.append(f"LAYERS names {h}, which does not exist")
+
+    def closure(h, seen):
+        for d in graph.get(h, []):
+            if d not in seen:
+                seen.add(d)
+                closure(d, seen)
+        return seen
+
+    under_tcp = closure("tcp_server.hpp", set())
+    for h in NOT_UNDER_TCP_SERVER:
+        if h in under_tcp:
+            errors.append(f"tcp_server.hpp pulls in {h}")
+
+    for i, (name, hs) in enumerate(LAYERS):
+        print(f"{i:2}  {name}")
+        for h in hs:
+            if h in graph:
+                print(f"      {h:28} -> {', '.join(graph[h]) or '(system headers only)'}")
+    if "--graph" in sys.argv:
+        return 0
+    for e in errors:
+        print("LAYERING:", e, file=sys.stderr)
+    print(f"{len(headers)} headers, {sum(len(v) for v in graph.values())} includes, "
+          f"{len(errors)} violations")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
