@@ -249,7 +249,12 @@ class BaseServer : public any_server {
 
   /// Calls finish_request() then shutdown_request(). Overridden by the mix-ins.
   void process_request(Request& request, const address& client_address) {
-    derived().finish_request(request, client_address);
+    try {
+      derived().finish_request(request, client_address);
+    } catch (detail::forced_unwind&) {  // the handler ended this thread: see end_unwound()
+      end_unwound(request);
+      throw;
+    }  // (an exception goes to handle_request_noblock(), which reports it first)
     derived().shutdown_request(request);
     count_completed(false);
   }
@@ -299,10 +304,47 @@ class BaseServer : public any_server {
     try {
       derived().finish_request(request, client_address);
       return false;
+    } catch (detail::forced_unwind&) {
+      throw;
     } catch (...) {
       derived().handle_error(request, client_address);
       return true;
     }
+  }
+
+  /// The whole of a request on a mix-in's thread (its process_request_thread()):
+  /// finish_or_handle_error(), then forget() (the mix-in stops tracking the connection),
+  /// shutdown_request() and the count. If the thread is ended while it runs the handler
+  /// (pthread_exit(), cancellation: a forced unwind), or handle_error() throws, forget() and
+  /// end_unwound() run as the stack unwinds, and the unwind goes on.
+  template <class Forget>
+  void finish_and_shut_down(Request& request, const address& client_address, Forget forget) {
+    struct cut_short {
+      BaseServer* server;
+      Request& request;
+      Forget& forget;
+      bool armed = true;
+      ~cut_short() {
+        if (!armed) return;
+        forget();
+        server->end_unwound(request);
+      }
+    } unwinding{this, request, forget};
+    const bool failed = finish_or_handle_error(request, client_address);
+    unwinding.armed = false;
+    forget();
+    derived().shutdown_request(request);
+    count_completed(failed);
+  }
+
+  /// Ends a request whose thread is being unwound: shutdown_request(), counted as failed.
+  /// (Nothing may leave it: it runs during an unwind, in which no second one can start.)
+  void end_unwound(Request& request) noexcept {
+    try {
+      derived().shutdown_request(request);
+    } catch (...) {  // an exception would end the process here: the request's destructor
+    }                // closes it
+    count_completed(true);
   }
 
   /// Handles one request without blocking: get_request(), verify_request(),
@@ -333,6 +375,8 @@ class BaseServer : public any_server {
     if (derived().verify_request(request, client_address)) {
       try {
         derived().process_request(request, client_address);
+      } catch (detail::forced_unwind&) {  // process_request() has ended the request
+        throw;
       } catch (...) {
         derived().handle_error(request, client_address);
         derived().shutdown_request(request);

@@ -20,6 +20,7 @@
 #include "address.hpp"
 #include "base_server.hpp"  // detail::is_stream
 #include "detail/errno.hpp"
+#include "detail/exceptions.hpp"
 #include "detail/poll.hpp"
 #include "detail/process.hpp"
 #include "detail/time.hpp"
@@ -33,13 +34,17 @@ namespace socketserver {
 ///
 /// - timeout: 300 s (handle_request() reaps children at least that often).
 /// - max_children (40): at that many children the server waits for one to exit before it
-///   forks again (checked before forking, so the cap holds exactly).
+///   forks again (checked before forking, so the cap holds exactly). Unlike CPython, whose
+///   loop cannot be stopped there, shutdown() ends that wait at once: a request the server
+///   already holds is forked all the same (one child beyond max_children), rather than lost;
+///   one not yet accepted waits in the listen backlog for the next serve_forever().
 /// - block_on_close (true): server_close() waits for every child.
 /// - active_children: the pids of the running children.
 ///
 /// The child runs finish_request(), reports an exception through handle_error(), calls
 /// shutdown_request() and leaves with _exit(0), or _exit(1) after an exception, so none of
-/// the parent's destructors, atexit handlers or test-framework code run in it. A stream
+/// the parent's destructors, atexit handlers or test-framework code run in it; a handler that
+/// ends the child's thread (pthread_exit(), cancellation) ends the child with _exit(1). A stream
 /// server's child closes its copy of the listening socket first, and restores SIGTERM's
 /// default action (drain() ends late children with it).
 ///
@@ -64,12 +69,14 @@ class ForkingMixIn : public Base {
   ~ForkingMixIn() { ForkingMixIn::server_close(); }
 
   /// Reaps children that have exited; first, while max_children are running, waits for one
-  /// to exit. With blocking = true, waits for all of them.
+  /// to exit (or for shutdown()). With blocking = true, waits for all of them.
   void collect_children(bool blocking = false) {
     reap(blocking);
-    while (!active_children.empty() && active_children.size() >= max_children) {
-      wait_for_any_child();
+    while (!active_children.empty() && active_children.size() >= max_children &&
+           !this->shutdown_requested()) {
+      const bool stop = wait_for_any_child(std::nullopt, true);
       reap(false);
+      if (stop) break;
     }
   }
 
@@ -110,18 +117,19 @@ class ForkingMixIn : public Base {
         this->socket.close();  // the child serves one connection, it accepts none
       this->derived().finish_request(request, client_address);
       status = 0;
+    } catch (detail::forced_unwind&) {
+      // The handler ended the child's thread (pthread_exit(), cancellation): the child would
+      // exit with status 0, or abort if the unwind were kept. It fails here instead.
+      end_child(request, 1);
     } catch (...) {
       try {
         this->derived().handle_error(request, client_address);
+      } catch (detail::forced_unwind&) {
+        end_child(request, 1);
       } catch (...) {
       }
     }
-    try {
-      this->derived().shutdown_request(request);
-    } catch (...) {
-    }
-    std::fflush(nullptr);
-    ::_exit(status);
+    end_child(request, status);
   }
 
   /// Graceful stop: closes the socket (stream servers), waits up to `grace` for the
@@ -168,29 +176,60 @@ class ForkingMixIn : public Base {
     }
   }
 
+  // The child's way out: shutdown_request(), then _exit(status), whatever happens.
+  [[noreturn]] void end_child(request_type& request, int status) noexcept {
+    try {
+      this->derived().shutdown_request(request);
+    } catch (detail::forced_unwind&) {
+      std::fflush(nullptr);
+      ::_exit(1);
+    } catch (...) {
+    }
+    std::fflush(nullptr);
+    ::_exit(status);
+  }
+
   // Blocks until at least one of our children has exited (or `limit` has passed),
   // without reaping it (that is collect_children's job) and without touching other children
-  // of the process.
-  void wait_for_any_child(timeout_type limit = std::nullopt) {
+  // of the process. With `interruptible`, the serve loop's stop (shutdown(), or a prefork
+  // worker's supervisor) ends the wait too; returns whether it did.
+  bool wait_for_any_child(timeout_type limit = std::nullopt, bool interruptible = false) {
     std::vector<pollfd> fds;
     for (pid_t pid : active_children) {
       const int fd = detail::open_pidfd(pid);
       if (fd >= 0) fds.push_back({fd, POLLIN, 0});
     }
-    if (fds.size() == active_children.size()) {
+    const std::size_t pidfds = fds.size();
+    struct close_pidfds {
+      std::vector<pollfd>& fds;
+      std::size_t count;
+      ~close_pidfds() {
+        for (std::size_t i = 0; i < count; ++i) ::close(fds[i].fd);
+      }
+    } closing{fds, pidfds};
+    if (interruptible) {
+      fds.push_back({this->wakeup_.fileno(), POLLIN, 0});
+      fds.push_back({this->derived().stop_fileno(), POLLIN, 0});
+    }
+    const auto stopped = [&] {
+      return interruptible && (fds[pidfds].revents != 0 || fds[pidfds + 1].revents != 0);
+    };
+    if (pidfds == active_children.size()) {
       try {
         detail::poll_for(fds.data(), fds.size(), limit);
+      } catch (detail::forced_unwind&) {
+        throw;
       } catch (...) {
       }
-      for (const pollfd& p : fds) ::close(p.fd);
-      return;
+      return stopped();
     }
-    for (const pollfd& p : fds) ::close(p.fd);
     // No pidfds (old kernel, or a child already reaped elsewhere): wait for the oldest. A
-    // bounded wait cannot block in waitpid(): pause briefly and let the caller look again.
-    if (limit) {
-      ::poll(nullptr, 0, static_cast<int>(std::min(10.0, limit->count() * 1000)));
-      return;
+    // bounded (or interruptible) wait cannot block in waitpid(): pause briefly and let the
+    // caller look again.
+    if (limit || interruptible) {
+      const double ms = limit ? std::min(10.0, limit->count() * 1000) : 10.0;
+      ::poll(fds.data() + pidfds, fds.size() - pidfds, static_cast<int>(ms));
+      return stopped();
     }
     int status = 0;
     const pid_t pid = *active_children.begin();
@@ -201,6 +240,7 @@ class ForkingMixIn : public Base {
       this->count_completed(false);
       active_children.erase(pid);
     }
+    return false;
   }
 };
 

@@ -163,13 +163,21 @@ class PreforkMixIn : public Base {
     int status = 0;
     try {
       this->derived().serve_forever(poll_interval);
+    } catch (detail::forced_unwind&) {  // a handler ended the serving thread: the worker ends
+      leave_worker(1);                  // here (its supervisor replaces it)
     } catch (...) {
       std::fprintf(stderr, "socketserver: worker %ld stopped: %s\n", static_cast<long>(::getpid()),
                    detail::describe_current_exception().c_str());
       status = 1;
     }
+    leave_worker(status);
+  }
+  [[noreturn]] void leave_worker(int status) noexcept {
     try {
       this->derived().server_close();
+    } catch (detail::forced_unwind&) {
+      std::fflush(nullptr);
+      ::_exit(1);
     } catch (...) {
       status = 1;
     }

@@ -248,9 +248,10 @@ class ThreadPoolMixIn : public Base {
     ++serving_;
     lock.unlock();
     lane_policy{this}.end_hooks_turn();  // other leaders may take requests while this one is served
-    serve_here(next);  // with the loop in hand, as long as the request need not wait
-    lock.lock();
-    finished_one();
+    {
+      served_one done{this, lock};
+      serve_here(next);  // with the loop in hand, as long as the request need not wait
+    }
     serve_queued(lock);
     lock.unlock();
     // Lead again, still inside the loop this worker led: when the loop was handed on, taking
@@ -260,11 +261,10 @@ class ThreadPoolMixIn : public Base {
 
   /// Runs one request on a worker: finish_request(), handle_error() if it threw, then
   /// shutdown_request() (the same steps as ThreadingMixIn's request thread).
+  /// A handler that ends its thread (pthread_exit(), cancellation) has its request shut down
+  /// and counted as failed as the thread unwinds; the pool serves on with its other workers.
   void process_request_thread(request_type& request, const address& client_address) {
-    const bool failed = this->finish_or_handle_error(request, client_address);
-    forget_serving_fd();
-    this->derived().shutdown_request(request);
-    this->count_completed(failed);
+    this->finish_and_shut_down(request, client_address, [this] { forget_serving_fd(); });
   }
 
   /// Closes the server and stops the workers (see drain_on_close).
@@ -328,6 +328,8 @@ class ThreadPoolMixIn : public Base {
     try {
       for (std::size_t i = 0; i < n; ++i)
         workers_.emplace_back([this, i] { work(serving_fds_[i]); });
+    } catch (detail::forced_unwind&) {
+      throw;
     } catch (...) {
       if (workers_.empty()) throw;  // serve with the workers that did start
     }
@@ -355,11 +357,21 @@ class ThreadPoolMixIn : public Base {
       job next = take_queued();
       ++serving_;
       lock.unlock();
+      served_one done{this, lock};
       serve_here(next);
-      lock.lock();
-      finished_one();
     }
   }
+
+  // Ends a request's turn in serving_ (with mutex_ held again), however serve_here() ends:
+  // also when the handler ends the worker's thread (a forced unwind).
+  struct served_one {
+    ThreadPoolMixIn* pool;
+    std::unique_lock<std::mutex>& lock;
+    ~served_one() {
+      if (!lock.owns_lock()) lock.lock();
+      pool->finished_one();
+    }
+  };
 
   void finished_one() {
     --serving_;
@@ -374,16 +386,22 @@ class ThreadPoolMixIn : public Base {
   void lead() {
     if (!take_loop()) return;
     leading_ = true;
+    struct leave_loop {  // also when a handler ends this worker's thread (forced unwind)
+      ThreadPoolMixIn* pool;
+      ~leave_loop() {
+        if (!leading_) return;
+        leading_ = false;
+        pool->free_lane();
+      }
+    } leaving{this};
     try {
       this->serve_loop(poll_interval_, lane_policy{this});
+    } catch (detail::forced_unwind&) {
+      throw;
     } catch (...) {  // the socket cannot accept: serve_forever() raises it
       std::lock_guard<std::mutex> lock(mutex_);
       if (!failure_) failure_ = std::current_exception();
       failed_.notify();
-    }
-    if (leading_) {
-      leading_ = false;
-      free_lane();
     }
   }
 
@@ -495,7 +513,7 @@ class ThreadPoolMixIn : public Base {
   // Serves a request. A leader serves it with its lane in hand: the lane is handed on by
   // wait_or_hand_on() when the request has to wait in the library's I/O, or taken over by
   // the watcher after handoff_after; otherwise the leader keeps it and goes on accepting.
-  void serve_here(job& next) noexcept {
+  void serve_here(job& next) {
     if (!leading_) {
       serve(next);
       return;
@@ -518,8 +536,25 @@ class ThreadPoolMixIn : public Base {
       turn_.notify_all();
     }
     detail::arm_block_hook(&wait_or_hand_on, this);
+    // A handler that ends this thread (a forced unwind) leaves the lane free, for another
+    // worker to lead.
+    struct unwound {
+      ThreadPoolMixIn* pool;
+      std::uint64_t token;
+      bool armed = true;
+      ~unwound() {
+        if (!armed) return;
+        detail::disarm_block_hook();
+        if (!leading_) return;
+        leading_ = false;
+        std::uint64_t expected = token;
+        if (pool->my_lane().compare_exchange_strong(expected, (token & ~phase) | loop_free))
+          pool->wake_next_leader();
+      }
+    } unwinding{this, token};
     if (watcher_idle_.load() && watcher_idle_.exchange(false)) busy_.notify();
     serve(next);
+    unwinding.armed = false;
     detail::disarm_block_hook();
     if (!leading_) return;  // handed on: the request had to wait
     std::uint64_t expected = token;
@@ -610,17 +645,23 @@ class ThreadPoolMixIn : public Base {
     return next;
   }
 
-  // Serves one request (mutex_ not held).
-  void serve(job& next) noexcept {
+  // Serves one request (mutex_ not held). Only a forced unwind (the handler ended the
+  // thread) leaves it.
+  void serve(job& next) {
     serving_fd_->store(connection_fd(next.request), std::memory_order_release);
+    struct forget_fd {
+      ThreadPoolMixIn* pool;
+      ~forget_fd() { pool->forget_serving_fd(); }
+    } forgetting{this};
     try {
       this->derived().process_request_thread(next.request, next.client_address);
+    } catch (detail::forced_unwind&) {
+      throw;
     } catch (...) {
       std::fprintf(stderr, "socketserver: request from %s ended with %s\n",
                    next.client_address.to_string().c_str(),
                    detail::describe_current_exception().c_str());
     }
-    forget_serving_fd();
   }
 
   // The connection of the request a worker is serving, which drain() may shut down.
@@ -676,13 +717,24 @@ class ThreadPoolMixIn : public Base {
     for (std::thread& t : workers) t.join();
   }
 
-  // Closes requests that no worker will serve; they count as failed.
-  void close_unserved(std::deque<job>& unserved) noexcept {
+  // Closes requests that no worker will serve; they count as failed (all of them, also if
+  // shutdown_request() ends the thread: the rest are closed by their destructors).
+  void close_unserved(std::deque<job>& unserved) {
+    struct count_rest {
+      ThreadPoolMixIn* pool;
+      std::size_t left;
+      ~count_rest() {
+        for (; left > 0; --left) pool->count_completed(true);
+      }
+    } rest{this, unserved.size()};
     for (job& j : unserved) {
       try {
         this->derived().shutdown_request(j.request);
+      } catch (detail::forced_unwind&) {
+        throw;
       } catch (...) {
       }
+      --rest.left;
       this->count_completed(true);
     }
   }

@@ -2,6 +2,7 @@
 // ThreadingMixIn: a thread per request.
 #pragma once
 
+#include <poll.h>        // pollfd, POLLIN
 #include <pthread.h>     // pthread_create, pthread_attr_*
 #include <sys/socket.h>  // shutdown, SHUT_RDWR
 
@@ -17,6 +18,8 @@
 #include "address.hpp"
 #include "base_server.hpp"  // detail::is_stream
 #include "detail/exceptions.hpp"
+#include "detail/poll.hpp"
+#include "detail/wakeup.hpp"
 #include "socket.hpp"
 
 namespace socketserver {
@@ -30,7 +33,10 @@ namespace socketserver {
 /// - thread_stack_size (0 = the system's default): stack size of request threads.
 /// - max_threads (0 = no limit; beyond Python): at that many running request threads, the
 ///   server waits for one to finish before it starts another (as ForkingMixIn's
-///   max_children), so clients wait in the listen backlog.
+///   max_children), so clients wait in the listen backlog. shutdown() ends that wait at
+///   once: the request the server holds has been accepted, so it is started all the same,
+///   one thread beyond max_threads, rather than lost (the limit holds again from the next
+///   request).
 ///
 /// Finished threads leave nothing behind (no list that grows over a long run). The
 /// destructor never lets a thread outlive the server it uses: it shuts down the
@@ -62,10 +68,7 @@ class ThreadingMixIn : public Base {
   /// @throws std::system_error if the thread cannot be started (the request is left as it
   ///         was, for handle_error() and shutdown_request()).
   void process_request(request_type& request, const address& client_address) {
-    if (max_threads != 0) {
-      std::unique_lock<std::mutex> lock(mutex_);
-      idle_.wait(lock, [&] { return active_ < max_threads; });
-    }
+    if (max_threads != 0) wait_for_a_thread();
     auto t = std::make_unique<task>(this, std::move(request), client_address,
                                     block_on_close && !daemon_threads);
     track(t.get());
@@ -86,11 +89,11 @@ class ThreadingMixIn : public Base {
 
   /// Same as BaseServer::process_request() but in the request's thread, with errors
   /// handled there: finish_request(), handle_error() if it threw, then shutdown_request().
+  /// A handler that ends its thread (pthread_exit(), cancellation) has its request shut down
+  /// and counted as failed as the thread unwinds.
   void process_request_thread(request_type& request, const address& client_address) {
-    const bool failed = this->finish_or_handle_error(request, client_address);
-    forget_connection(current_task_);
-    this->derived().shutdown_request(request);
-    this->count_completed(failed);
+    this->finish_and_shut_down(request, client_address,
+                               [this] { forget_connection(current_task_); });
   }
 
   /// Closes the server and waits for the non-daemon request threads (if block_on_close).
@@ -146,27 +149,57 @@ class ThreadingMixIn : public Base {
   };
 
   static void* thread_main(void* arg) {
-    std::unique_ptr<task> t(static_cast<task*>(arg));
-    ThreadingMixIn* self = t->server;
-    current_task_ = t.get();
+    // The thread's end, however it ends: also when a forced unwind (the handler called
+    // pthread_exit(), or the thread was cancelled) passes through.
+    struct thread_end {
+      std::unique_ptr<task> t;
+      ~thread_end() {
+        ThreadingMixIn* self = t->server;
+        current_task_ = nullptr;
+        self->forget_connection(t.get());
+        const bool tracked = t->tracked;
+        t.reset();  // closes the request if nothing did
+        // The last touch of *self: once active_ drops, the destructor may free it.
+        std::lock_guard<std::mutex> lock(self->mutex_);
+        --self->active_;
+        if (tracked) --self->tracked_;
+        if (self->waiting_for_thread_) self->thread_ended_.notify();
+        self->idle_.notify_all();
+      }
+    } end{std::unique_ptr<task>(static_cast<task*>(arg))};
+    task& t = *end.t;
+    current_task_ = &t;
     try {
-      self->derived().process_request_thread(t->request, t->client_address);
+      t.server->derived().process_request_thread(t.request, t.client_address);
+    } catch (detail::forced_unwind&) {
+      throw;
     } catch (...) {
       // handle_error() or shutdown_request() threw: nobody is left to tell but stderr.
       std::fprintf(stderr, "socketserver: request thread for %s ended with %s\n",
-                   t->client_address.to_string().c_str(),
+                   t.client_address.to_string().c_str(),
                    detail::describe_current_exception().c_str());
     }
-    current_task_ = nullptr;
-    self->forget_connection(t.get());
-    const bool tracked = t->tracked;
-    t.reset();  // closes the request if nothing did
-    // The last touch of *self: once active_ drops, the destructor may free it.
-    std::lock_guard<std::mutex> lock(self->mutex_);
-    --self->active_;
-    if (tracked) --self->tracked_;
-    self->idle_.notify_all();
     return nullptr;
+  }
+
+  // Waits until fewer than max_threads request threads run, or until the loop is told to
+  // stop (shutdown(), or a prefork worker's supervisor): then the request in hand is started
+  // beyond the limit rather than lost. (A poll, not idle_, so that shutdown()'s wake-up
+  // descriptor ends it.)
+  void wait_for_a_thread() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    while (active_ >= max_threads && !this->shutdown_requested()) {
+      waiting_for_thread_ = true;
+      lock.unlock();
+      pollfd fds[3] = {{thread_ended_.fileno(), POLLIN, 0},
+                       {this->wakeup_.fileno(), POLLIN, 0},
+                       {this->derived().stop_fileno(), POLLIN, 0}};
+      detail::poll_for(fds, 3, std::nullopt);
+      thread_ended_.drain();
+      lock.lock();
+      waiting_for_thread_ = false;
+      if (fds[1].revents != 0 || fds[2].revents != 0) return;
+    }
   }
 
   void track(task* t) {  // onto the list of running tasks, counted
@@ -212,6 +245,8 @@ class ThreadingMixIn : public Base {
   task running_;  // sentinel of the list of running tasks
   std::size_t active_ = 0;
   std::size_t tracked_ = 0;
+  bool waiting_for_thread_ = false;  // wait_for_a_thread() wants thread_ended_
+  detail::wakeup thread_ended_;      // a request thread ended while it waited
 };
 
 }  // namespace socketserver
