@@ -131,3 +131,35 @@ TEST_CASE("serve_forever_workers rejects zero workers", "[prefork]") {
   socketserver::TCPServer<Pid> server({"127.0.0.1", 0});
   CHECK_THROWS_AS(server.serve_forever_workers(0), std::invalid_argument);
 }
+
+namespace {
+
+// Replies whether after_fork_in_child() ran in this worker before it served.
+struct AfterForkServer;
+struct AfterFork : socketserver::StreamRequestHandler<AfterForkServer> {
+  void handle();
+};
+struct AfterForkServer : socketserver::TCPServer<AfterFork, AfterForkServer> {
+  using base = socketserver::TCPServer<AfterFork, AfterForkServer>;
+  using base::base;
+  bool fresh = false;
+  void after_fork_in_child() {
+    base::after_fork_in_child();
+    fresh = true;
+  }
+};
+void AfterFork::handle() {
+  rfile.readline();
+  wfile.write(server.fresh ? "fresh\n" : "stale\n");
+}
+
+}  // namespace
+
+TEST_CASE("a prefork worker runs after_fork_in_child() before it serves", "[prefork]") {
+  // (ThreadingMixIn and ThreadPoolMixIn replace their wake-up descriptors there: a copy
+  // shared by every worker let one worker take another's wake-up.)
+  AfterForkServer server({"127.0.0.1", 0});
+  Workers<AfterForkServer> workers(server, 2);
+  for (int i = 0; i < 4; ++i) CHECK(ask(server.server_address, "who\n") == "fresh\n");
+  CHECK_FALSE(server.fresh);  // the supervisor's own state is untouched
+}

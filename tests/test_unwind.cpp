@@ -12,6 +12,7 @@
 #include <functional>
 #include <future>
 #include <mutex>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -401,5 +402,48 @@ TEST_CASE("SIGTERM through shutdown_on_signals stops a loop waiting at max_threa
   CHECK(stop.signal() == SIGTERM);
   CHECK(test::recv_all(first) == "one\n");
   CHECK(test::recv_all(second) == "entered\ntwo\n");
+  server.server_close();
+}
+
+namespace {
+
+// handle() ends its thread on "exit"; finish() then throws, as a datagram reply to a client
+// that has gone can: nothing may replace the forced unwind (it would abort the process).
+struct ExitThenFinishThrows : ss::StreamRequestHandler<> {
+  bool exiting = false;
+  void handle() {
+    const std::string line = rfile.readline();
+    if (line == "exit\n") {
+      exiting = true;
+      pthread_exit(nullptr);
+    }
+    wfile.write(line);
+  }
+  void finish() {
+    StreamRequestHandler::finish();
+    if (exiting) throw std::runtime_error("finish() failed while the thread was ending");
+  }
+};
+
+}  // namespace
+
+TEST_CASE("a finish() that throws while the handler's thread is ending does not abort",
+          "[unwind][threading]") {
+  ss::ThreadingTCPServer<ExitThenFinishThrows> server({"127.0.0.1", 0});
+  std::thread serving([&] { server.serve_forever(); });
+  {
+    ss::socket c = test::connect_to(server.server_address);
+    c.sendall("exit\n");
+    CHECK(test::recv_all(c).empty());  // closed unanswered
+  }
+  {
+    ss::socket c = test::connect_to(server.server_address);
+    c.sendall("still here\n");
+    CHECK(test::recv_all(c) == "still here\n");
+  }
+  REQUIRE(test::eventually([&] { return server.stats().completed == 2; }));
+  CHECK(server.stats().errors == 1);
+  server.shutdown();
+  serving.join();
   server.server_close();
 }

@@ -238,6 +238,12 @@ class BaseServer : public any_server {
   /// Called by the constructor to activate the server. May be overridden.
   void server_activate() {}
 
+  /// Called in a new prefork worker (PreforkMixIn) before it serves, to replace what must
+  /// not be shared with the supervisor and the other workers: a mix-in's wake-up descriptors
+  /// (shutdown's own is replaced already). A mix-in that owns such state redefines it and
+  /// calls its base's.
+  void after_fork_in_child() {}
+
   /// Called by serve_forever() on every loop iteration. May be overridden.
   void service_actions() {}
 

@@ -72,9 +72,12 @@ class ForkingMixIn : public Base {
   /// to exit (or for shutdown()). With blocking = true, waits for all of them.
   void collect_children(bool blocking = false) {
     reap(blocking);
+    // Only a running loop is stopped: a shutdown() left pending by a loop that has ended must
+    // not lift the limit for handle_request().
+    const bool serving = this->is_serving();
     while (!active_children.empty() && active_children.size() >= max_children &&
-           !this->shutdown_requested()) {
-      const bool stop = wait_for_any_child(std::nullopt, true);
+           !(serving && this->shutdown_requested())) {
+      const bool stop = wait_for_any_child(std::nullopt, serving);
       reap(false);
       if (stop) break;
     }

@@ -15,6 +15,7 @@
 #include "address.hpp"
 #include "any_server.hpp"
 #include "datagram.hpp"
+#include "detail/exceptions.hpp"
 #include "io.hpp"
 #include "socket.hpp"
 
@@ -104,6 +105,14 @@ void run_handler(Request& request, const address& client_address, Server& server
   handler.setup();
   try {
     handler.handle();
+  } catch (forced_unwind&) {  // the thread is ending: finish(), but nothing may replace that
+    try {
+      handler.finish();
+    } catch (forced_unwind&) {
+      throw;
+    } catch (...) {
+    }
+    throw;
   } catch (...) {
     handler.finish();
     throw;

@@ -84,6 +84,7 @@ class PreforkMixIn : public Base {
       if (pid < 0) detail::throw_errno("fork");
       if (pid == 0) {
         stop_write.close();
+        this->derived().after_fork_in_child();
         run_worker(stop_read.fileno(), poll_interval);
       }
       running[pid] = worker{clock::now(), socketserver::socket(detail::open_pidfd(pid))};

@@ -300,6 +300,13 @@ class ThreadPoolMixIn : public Base {
     return cut;
   }
 
+  /// A prefork worker's own descriptors, not the supervisor's copies.
+  void after_fork_in_child() {
+    Base::after_fork_in_child();
+    busy_.reset();
+    failed_.reset();
+  }
+
   /// Requests waiting for a worker now.
   std::size_t queued() const {
     std::lock_guard<std::mutex> lock(mutex_);

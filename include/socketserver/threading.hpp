@@ -128,6 +128,12 @@ class ThreadingMixIn : public Base {
     return cut;
   }
 
+  /// A prefork worker's own "a thread ended" descriptor, not the supervisor's copy.
+  void after_fork_in_child() {
+    Base::after_fork_in_child();
+    thread_ended_.reset();
+  }
+
   /// How many request threads are running now.
   std::size_t active_threads() const {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -187,12 +193,15 @@ class ThreadingMixIn : public Base {
   // beyond the limit rather than lost. (A poll, not idle_, so that shutdown()'s wake-up
   // descriptor ends it.)
   void wait_for_a_thread() {
+    // Only a running loop is stopped: a shutdown() left pending by a loop that has ended must
+    // not lift the limit for handle_request().
+    const bool serving = this->is_serving();
     std::unique_lock<std::mutex> lock(mutex_);
-    while (active_ >= max_threads && !this->shutdown_requested()) {
+    while (active_ >= max_threads && !(serving && this->shutdown_requested())) {
       waiting_for_thread_ = true;
       lock.unlock();
       pollfd fds[3] = {{thread_ended_.fileno(), POLLIN, 0},
-                       {this->wakeup_.fileno(), POLLIN, 0},
+                       {serving ? this->wakeup_.fileno() : -1, POLLIN, 0},
                        {this->derived().stop_fileno(), POLLIN, 0}};
       detail::poll_for(fds, 3, std::nullopt);
       thread_ended_.drain();
