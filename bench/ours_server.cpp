@@ -114,13 +114,13 @@ int run(const bench::Args& args) {
   if (type == "ThreadPoolTCPServer")
     return serve_stream<ss::thread_pool_tcp_server_t>(mode, where, workers);
   if (type == "UnixStreamServer")
-    return serve_stream<ss::basic_unix_stream_server>(mode, where, workers);
+    return serve_stream<ss::unix_stream_server_t>(mode, where, workers);
   if (type == "ThreadingUnixStreamServer")
     return serve_stream<ss::threading_unix_stream_server_t>(mode, where, workers);
   if (type == "ForkingUnixStreamServer")
     return serve_stream<ss::forking_unix_stream_server_t>(mode, where, workers);
   if (type == "UDPServer")
-    return serve<BenchServer<ss::basic_udp_server, DatagramEcho>>(where, workers);
+    return serve<BenchServer<ss::udp_server_t, DatagramEcho>>(where, workers);
   if (type == "ThreadPoolUDPServer")
     return serve<BenchServer<ss::thread_pool_udp_server_t, DatagramEcho>>(where, workers);
   return serve<BenchServer<ss::threading_udp_server_t, DatagramEcho>>(where, workers);
