@@ -3,6 +3,8 @@
 // after server_close(), clients that vanish mid-reply, get_request() failures and a
 // handle_error() that throws (CPython's test_socketserver: test_tcpserver_bind_leak,
 // ErrorHandlerTest; the reference's error-flow summary, section 1.10).
+#include <dirent.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -11,12 +13,14 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
+#include <cstdlib>
 #include <mutex>
 #include <stdexcept>
 #include <string>
 #include <system_error>
 #include <thread>
 #include <utility>
+#include <vector>
 
 #include "catch.hpp"
 #include "support/harness.hpp"
@@ -549,4 +553,225 @@ TEST_CASE("serve_forever reports an EMFILE from get_request and serves on",
   }
   CHECK(server.reported == 1);
   CHECK(server.last == std::errc::too_many_files_open);
+}
+
+// --- Peer disconnects and timeouts are not handler failures ----------------------------------
+
+namespace {
+
+using PoolTCP =
+    test::Kind<ss::thread_pool_tcp_server_t, true, AF_INET, test::Concurrency::threading>;
+using PoolUnixDatagram = test::Kind<ss::thread_pool_unix_datagram_server_t, false, AF_UNIX,
+                                    test::Concurrency::threading>;
+
+// Closes, in a forked child, what it inherited from the test process but `keep` and stdio:
+// the test's client sockets among them (while a child holds a copy, a client's reset never
+// reaches the handler).
+void close_inherited_descriptors(int keep) {
+  std::vector<int> open;
+  if (DIR* d = ::opendir("/proc/self/fd")) {
+    const int own = ::dirfd(d);
+    while (dirent* e = ::readdir(d)) {
+      const int fd = std::atoi(e->d_name);
+      if (e->d_name[0] != '.' && fd > 2 && fd != own && fd != keep) open.push_back(fd);
+    }
+    ::closedir(d);
+  }
+  for (int fd : open) ::close(fd);
+}
+
+// "reset\n": answers "ack\n" and reads on, which the client's reset ends with ECONNRESET.
+// "fail\n": throws. Anything else: echoes the line.
+struct PeerHandler : ss::StreamRequestHandler<> {
+  void handle() {
+    const std::string line = rfile.readline();
+    if (line == "fail\n") throw std::runtime_error("handler failed on purpose");
+    if (line != "reset\n") {
+      wfile.write(line);
+      return;
+    }
+    wfile.write("ack\n");
+    wfile.write(rfile.readline());
+  }
+};
+
+// Echoes a line, with a handler timeout that an idle client runs into.
+struct IdleHandler : ss::StreamRequestHandler<> {
+  static constexpr auto timeout = std::chrono::milliseconds(200);
+  void handle() { wfile.write(rfile.readline()); }
+};
+
+// A server whose handle_error() either records what it is called with (`record`) or leaves
+// it to the library's default.
+template <class K, class Handler>
+struct PeerServer : K::template server<Handler, PeerServer<K, Handler>> {
+  using base = typename K::template server<Handler, PeerServer<K, Handler>>;
+  using request_type = typename K::request_type;
+  using base::base;
+
+  bool record = false;
+  std::mutex m;
+  std::vector<std::error_code> seen;  // what handle_error() saw; {} for a non-system error
+
+  void finish_request(request_type& request, const ss::address& client) {
+    if constexpr (K::concurrency == test::Concurrency::forking) {
+      if constexpr (K::stream)
+        close_inherited_descriptors(request.fileno());
+      else
+        close_inherited_descriptors(request.socket.fileno());
+    }
+    base::finish_request(request, client);
+  }
+  void handle_error(request_type& request, const ss::address& client) {
+    if (!record) return base::handle_error(request, client);
+    std::error_code code;
+    try {
+      throw;
+    } catch (const std::system_error& e) {
+      code = e.code();
+    } catch (...) {
+    }
+    std::lock_guard<std::mutex> lock(m);
+    seen.push_back(code);
+  }
+};
+
+// Sends a line and reads the reply to end of stream.
+std::string ask(const ss::address& to, const std::string& line) {
+  ss::socket c = test::connect_to(to);
+  c.sendall(line);
+  c.shutdown(SHUT_WR);
+  return test::recv_all(c);
+}
+
+// Starts a request, waits for the handler's "ack", then resets the connection: a TCP
+// client with SO_LINGER {1, 0}; for both families, closing with the ack unread resets.
+void reset_mid_request(const ss::address& to) {
+  ss::socket c = test::connect_to(to);
+  c.sendall("reset\n");
+  pollfd ack{c.fileno(), POLLIN, 0};
+  REQUIRE(::poll(&ack, 1, 20000) == 1);
+  if (to.family() != AF_UNIX) c.setsockopt(SOL_SOCKET, SO_LINGER, linger{1, 0});
+  c.close();
+}
+
+std::size_t count_of(const std::string& haystack, const std::string& needle) {
+  std::size_t n = 0;
+  for (auto at = haystack.find(needle); at != std::string::npos; at = haystack.find(needle, at + 1))
+    ++n;
+  return n;
+}
+
+}  // namespace
+
+#define PEER_STREAM_KINDS                                                                       \
+  test::TCP, test::UnixStream, test::ThreadingTCP, test::ThreadingUnixStream, test::ForkingTCP, \
+      test::ForkingUnixStream, PoolTCP
+
+TEMPLATE_TEST_CASE(
+    "a client reset mid-request counts as a disconnect, not an error, and is not printed",
+    "[errors][disconnect]", PEER_STREAM_KINDS) {
+  using K = TestType;
+  test::TempDir dir;
+  PeerServer<K, PeerHandler> server(K::bind_address(dir));
+  StderrCapture capture;
+  {
+    test::Serving<PeerServer<K, PeerHandler>> serving(server);
+    reset_mid_request(server.server_address);
+    CHECK(ask(server.server_address, "fail\n").empty());  // a real failure, for comparison
+    CHECK(ask(server.server_address, "hello\n") == "hello\n");
+  }
+  server.server_close();  // waits for threads and children: everything is counted now
+  const std::string err = capture.finish();
+  INFO("stderr: " << err);
+  const ss::server_stats s = server.stats();
+  CHECK(s.completed == 3);
+  CHECK(s.disconnects == 1);
+  CHECK(s.errors == 1);
+  CHECK(s.timeouts == 0);
+  // The default handle_error() prints the failure, and only the failure.
+  CHECK(count_of(err, "Exception occurred during processing") == 1);
+  CHECK(contains(err, "handler failed on purpose"));
+  CHECK_FALSE(contains(err, std::make_error_code(std::errc::connection_reset).message()));
+}
+
+TEMPLATE_TEST_CASE("an idle client cut off by the handler timeout counts as a timeout, quietly",
+                   "[errors][timeout]", PEER_STREAM_KINDS) {
+  using K = TestType;
+  test::TempDir dir;
+  PeerServer<K, IdleHandler> server(K::bind_address(dir));
+  StderrCapture capture;
+  {
+    test::Serving<PeerServer<K, IdleHandler>> serving(server);
+    ss::socket idle = test::connect_to(server.server_address);
+    CHECK(test::recv_all(idle).empty());  // sends nothing: the server hangs up after 200 ms
+    CHECK(ask(server.server_address, "hello\n") == "hello\n");
+  }
+  server.server_close();
+  const std::string err = capture.finish();
+  INFO("stderr: " << err);
+  const ss::server_stats s = server.stats();
+  CHECK(s.completed == 2);
+  CHECK(s.timeouts == 1);
+  CHECK(s.errors == 0);
+  CHECK(s.disconnects == 0);
+  CHECK(err.empty());
+}
+
+TEMPLATE_TEST_CASE("an overridden handle_error still sees disconnects and timeouts",
+                   "[errors][disconnect][timeout]", test::TCP, test::ThreadingTCP,
+                   test::ThreadingUnixStream, PoolTCP) {
+  using K = TestType;
+  test::TempDir dir;
+  StderrCapture capture;
+  PeerServer<K, PeerHandler> peer(K::bind_address(dir));
+  peer.record = true;
+  {
+    test::Serving<PeerServer<K, PeerHandler>> serving(peer);
+    reset_mid_request(peer.server_address);
+    CHECK(ask(peer.server_address, "fail\n").empty());
+  }
+  peer.server_close();
+  test::TempDir dir2;
+  PeerServer<K, IdleHandler> idle(K::bind_address(dir2));
+  idle.record = true;
+  {
+    test::Serving<PeerServer<K, IdleHandler>> serving(idle);
+    ss::socket c = test::connect_to(idle.server_address);
+    CHECK(test::recv_all(c).empty());
+  }
+  idle.server_close();
+  CHECK(capture.finish().empty());
+  REQUIRE(peer.seen.size() == 2);
+  CHECK(peer.seen[0] == std::errc::connection_reset);
+  CHECK(peer.seen[1] == std::error_code());  // the std::runtime_error
+  REQUIRE(idle.seen.size() == 1);
+  CHECK(idle.seen[0] == std::errc::timed_out);
+  CHECK(peer.stats().disconnects == 1);
+  CHECK(peer.stats().errors == 1);
+  CHECK(idle.stats().timeouts == 1);
+  CHECK(idle.stats().errors == 0);
+}
+
+TEMPLATE_TEST_CASE("a datagram reply to a client that has gone counts as a disconnect, quietly",
+                   "[errors][disconnect]", test::UnixDatagram, test::ThreadingUnixDatagram,
+                   test::ForkingUnixDatagram, PoolUnixDatagram) {
+  using K = TestType;
+  test::TempDir dir;
+  PeerServer<K, DatagramEcho> server(K::bind_address(dir));
+  StderrCapture capture;
+  {
+    // The client's socket file stays, with nobody bound to it: the reply is refused.
+    ss::socket c = test::connect_to(server.server_address, SOCK_DGRAM, &dir);
+    c.send("hello");
+  }
+  server.handle_request();
+  server.server_close();
+  const std::string err = capture.finish();
+  INFO("stderr: " << err);
+  const ss::server_stats s = server.stats();
+  CHECK(s.completed == 1);
+  CHECK(s.disconnects == 1);
+  CHECK(s.errors == 0);
+  CHECK(err.empty());
 }

@@ -13,6 +13,7 @@
 #include <string>              // std::string
 #include <thread>              // std::this_thread, std::thread::id
 
+#include "detail/exceptions.hpp"  // request_outcome
 #include "detail/wakeup.hpp"
 #include "socket.hpp"  // socket, timeout_type
 #include "stats.hpp"
@@ -66,6 +67,8 @@ class any_server {
     s.accepted = counters_.accepted.load(std::memory_order_relaxed);
     s.rejected = counters_.rejected.load(std::memory_order_relaxed);
     s.errors = counters_.errors.load(std::memory_order_relaxed);
+    s.disconnects = counters_.disconnects.load(std::memory_order_relaxed);
+    s.timeouts = counters_.timeouts.load(std::memory_order_relaxed);
     s.get_request_errors = counters_.get_request_errors.load(std::memory_order_relaxed);
     // Read last: a request counted completed is then also counted accepted.
     s.completed = counters_.completed.load(std::memory_order_acquire);
@@ -108,14 +111,29 @@ class any_server {
 
   // The counters behind stats(); the server layers count what they see.
   struct counters {
-    std::atomic<std::uint64_t> accepted{0}, rejected{0}, completed{0}, errors{0},
-        get_request_errors{0};
+    std::atomic<std::uint64_t> accepted{0}, rejected{0}, completed{0}, errors{0}, disconnects{0},
+        timeouts{0}, get_request_errors{0};
   };
   void count(std::atomic<std::uint64_t>& counter) noexcept {
     counter.fetch_add(1, std::memory_order_relaxed);
   }
   void count_completed(bool failed) noexcept {
-    if (failed) count(counters_.errors);
+    count_completed(failed ? detail::request_outcome::failed : detail::request_outcome::completed);
+  }
+  void count_completed(detail::request_outcome outcome) noexcept {
+    switch (outcome) {
+      case detail::request_outcome::failed:
+        count(counters_.errors);
+        break;
+      case detail::request_outcome::disconnected:
+        count(counters_.disconnects);
+        break;
+      case detail::request_outcome::timed_out:
+        count(counters_.timeouts);
+        break;
+      case detail::request_outcome::completed:
+        break;
+    }
     counters_.completed.fetch_add(1, std::memory_order_release);
   }
   counters counters_;

@@ -281,8 +281,12 @@ class BaseServer : public any_server {
 
   /// Handles an exception thrown while processing a request (called from inside the catch
   /// block, so `throw;` rethrows it). The default prints the exception and the client's
-  /// address to stderr; serving continues. May be overridden.
+  /// address to stderr; serving continues. Unlike CPython's, it stays quiet when the peer went
+  /// away (an error Python raises as ConnectionError: ECONNRESET, EPIPE, ...) or the request
+  /// timed out (ETIMEDOUT): those are counted in stats().disconnects and stats().timeouts, not
+  /// in errors. An override is called for every one. May be overridden.
   void handle_error(Request& /*request*/, const address& client_address) {
+    if (detail::outcome_of_current_exception() != detail::request_outcome::failed) return;
     const std::string dashes(40, '-');
     std::fprintf(stderr, "%s\nException occurred during processing of request from %s\n%s\n%s\n",
                  dashes.c_str(), client_address.to_string().c_str(),
@@ -305,16 +309,18 @@ class BaseServer : public any_server {
   Derived& derived() noexcept { return static_cast<Derived&>(*this); }
 
   /// finish_request(), with an exception routed to handle_error() (called inside the catch
-  /// block); returns whether it failed. What a mix-in's worker thread does with a request.
-  bool finish_or_handle_error(Request& request, const address& client_address) {
+  /// block); returns how the request ended, for count_completed(). What a mix-in's worker
+  /// thread does with a request.
+  detail::request_outcome finish_or_handle_error(Request& request, const address& client_address) {
     try {
       derived().finish_request(request, client_address);
-      return false;
+      return detail::request_outcome::completed;
     } catch (detail::forced_unwind&) {
       throw;
     } catch (...) {
+      const detail::request_outcome outcome = detail::outcome_of_current_exception();
       derived().handle_error(request, client_address);
-      return true;
+      return outcome;
     }
   }
 
@@ -336,11 +342,11 @@ class BaseServer : public any_server {
         server->end_unwound(request);
       }
     } unwinding{this, request, forget};
-    const bool failed = finish_or_handle_error(request, client_address);
+    const detail::request_outcome outcome = finish_or_handle_error(request, client_address);
     unwinding.armed = false;
     forget();
     derived().shutdown_request(request);
-    count_completed(failed);
+    count_completed(outcome);
   }
 
   /// Ends a request whose thread is being unwound: shutdown_request(), counted as failed.
@@ -384,9 +390,10 @@ class BaseServer : public any_server {
       } catch (detail::forced_unwind&) {  // process_request() has ended the request
         throw;
       } catch (...) {
+        const detail::request_outcome outcome = detail::outcome_of_current_exception();
         derived().handle_error(request, client_address);
         derived().shutdown_request(request);
-        count_completed(true);
+        count_completed(outcome);
       }
     } else {
       count(counters_.rejected);

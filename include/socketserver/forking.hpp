@@ -42,11 +42,13 @@ namespace socketserver {
 /// - active_children: the pids of the running children.
 ///
 /// The child runs finish_request(), reports an exception through handle_error(), calls
-/// shutdown_request() and leaves with _exit(0), or _exit(1) after an exception, so none of
-/// the parent's destructors, atexit handlers or test-framework code run in it; a handler that
-/// ends the child's thread (pthread_exit(), cancellation) ends the child with _exit(1). A stream
-/// server's child closes its copy of the listening socket first, and restores SIGTERM's
-/// default action (drain() ends late children with it).
+/// shutdown_request() and leaves with _exit(0), or _exit(1) after an exception (2 when the
+/// peer went away, 3 after a timeout, so the parent counts stats().disconnects and
+/// stats().timeouts as the other servers do), so none of the parent's destructors, atexit handlers
+/// or test-framework code run in it; a handler that ends the child's thread (pthread_exit(),
+/// cancellation) ends the child with _exit(1). A stream server's child closes its copy of the
+/// listening socket first, and restores SIGTERM's default action (drain() ends late children with
+/// it).
 ///
 /// Children are reaped by pid (waitpid(pid, WNOHANG)) in service_actions() and
 /// handle_timeout(); unlike CPython, never with waitpid(-1), which would also reap child
@@ -114,17 +116,18 @@ class ForkingMixIn : public Base {
     sigemptyset(&term);
     sigaddset(&term, SIGTERM);
     pthread_sigmask(SIG_UNBLOCK, &term, nullptr);
-    int status = 1;
+    int status = exit_status(detail::request_outcome::failed);
     try {
       if constexpr (detail::is_stream<request_type>)
         this->socket.close();  // the child serves one connection, it accepts none
       this->derived().finish_request(request, client_address);
-      status = 0;
+      status = exit_status(detail::request_outcome::completed);
     } catch (detail::forced_unwind&) {
       // The handler ended the child's thread (pthread_exit(), cancellation): the child would
       // exit with status 0, or abort if the unwind were kept. It fails here instead.
       end_child(request, 1);
     } catch (...) {
+      status = exit_status(detail::outcome_of_current_exception());
       try {
         this->derived().handle_error(request, client_address);
       } catch (detail::forced_unwind&) {
@@ -161,6 +164,34 @@ class ForkingMixIn : public Base {
   }
 
  private:
+  // A child's exit status tells the parent how its request ended.
+  static int exit_status(detail::request_outcome outcome) noexcept {
+    switch (outcome) {
+      case detail::request_outcome::completed:
+        return 0;
+      case detail::request_outcome::disconnected:
+        return 2;
+      case detail::request_outcome::timed_out:
+        return 3;
+      case detail::request_outcome::failed:
+        break;
+    }
+    return 1;
+  }
+  static detail::request_outcome outcome_of_exit(int status) noexcept {
+    if (!WIFEXITED(status)) return detail::request_outcome::failed;  // killed by a signal
+    switch (WEXITSTATUS(status)) {
+      case 0:
+        return detail::request_outcome::completed;
+      case 2:
+        return detail::request_outcome::disconnected;
+      case 3:
+        return detail::request_outcome::timed_out;
+      default:
+        return detail::request_outcome::failed;
+    }
+  }
+
   // Reaps our children that have exited (all of them, waiting, when blocking).
   void reap(bool blocking) {
     for (auto it = active_children.begin(); it != active_children.end();) {
@@ -168,7 +199,7 @@ class ForkingMixIn : public Base {
       const pid_t pid =
           detail::retry_on_eintr([&] { return ::waitpid(*it, &status, blocking ? 0 : WNOHANG); });
       if (pid == *it) {
-        this->count_completed(!WIFEXITED(status) || WEXITSTATUS(status) != 0);
+        this->count_completed(outcome_of_exit(status));
         it = active_children.erase(it);
       } else if (pid < 0 && errno == ECHILD) {  // reaped by someone else: outcome unknown
         this->count_completed(false);
@@ -237,7 +268,7 @@ class ForkingMixIn : public Base {
     int status = 0;
     const pid_t pid = *active_children.begin();
     if (detail::retry_on_eintr([&] { return ::waitpid(pid, &status, 0); }) == pid) {
-      this->count_completed(!WIFEXITED(status) || WEXITSTATUS(status) != 0);
+      this->count_completed(outcome_of_exit(status));
       active_children.erase(pid);
     } else if (errno == ECHILD) {
       this->count_completed(false);

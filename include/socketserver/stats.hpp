@@ -12,8 +12,14 @@ struct server_stats {
   std::uint64_t accepted = 0;   ///< requests get_request() returned
   std::uint64_t rejected = 0;   ///< of those, refused by verify_request()
   std::uint64_t completed = 0;  ///< processed to the end, with or without an error
-  std::uint64_t errors = 0;     ///< of those, ended by an exception (handle_error()), or by a
-                                ///< forked child's non-zero exit
+  std::uint64_t errors = 0;     ///< of those, failed: ended by an exception (handle_error())
+                                ///< other than the two below, or a forked child's failure
+  /// Of those, ended because the peer went away: an error Python raises as ConnectionError
+  /// (ECONNRESET, EPIPE, ESHUTDOWN, ECONNABORTED, ECONNREFUSED). Not counted in errors.
+  std::uint64_t disconnects = 0;
+  /// Of those, ended by a timeout (ETIMEDOUT: the handler's timeout, or a socket's). Not
+  /// counted in errors.
+  std::uint64_t timeouts = 0;
   std::uint64_t get_request_errors = 0;  ///< get_request() failures reported (not transient)
   /// Accepted, not rejected, not yet completed: being processed or queued.
   std::uint64_t active() const noexcept { return accepted - rejected - completed; }

@@ -1,13 +1,16 @@
 // SPDX-License-Identifier: MIT
 // Describing the exception being handled, for handle_error() and the last-resort reports of
 // threads and processes that have nobody else to tell; and the forced unwind, which no
-// catch (...) may keep.
+// catch (...) may keep; and how a request that ended by an exception ended (a failure, or
+// its peer's doing: a disconnect or a timeout).
 #pragma once
 
-#include <cstdlib>    // std::free
-#include <exception>  // std::exception
-#include <string>     // std::string
-#include <typeinfo>   // typeid, std::type_info
+#include <cerrno>        // EPIPE, ESHUTDOWN, ECONNABORTED, ECONNREFUSED, ECONNRESET
+#include <cstdlib>       // std::free
+#include <exception>     // std::exception, std::current_exception
+#include <string>        // std::string
+#include <system_error>  // std::system_error, std::error_code, std::error_condition, std::errc
+#include <typeinfo>      // typeid, std::type_info
 #if defined(__GNUG__)
 #  include <cxxabi.h>  // abi::__cxa_demangle, abi::__cxa_current_exception_type, abi::__forced_unwind
 #endif
@@ -60,6 +63,53 @@ inline std::string describe_current_exception() {
 #endif
     return "unknown exception";
   }
+}
+
+/// How a request ended. A peer that goes away and an idle client that is timed out are
+/// what every busy server sees: they are counted apart from failures, and handle_error()'s
+/// default does not print them.
+enum class request_outcome { completed, failed, disconnected, timed_out };
+
+/// True for the errors Python raises as ConnectionError: the peer went away
+/// (BrokenPipeError: EPIPE, ESHUTDOWN; ConnectionAbortedError: ECONNABORTED;
+/// ConnectionRefusedError: ECONNREFUSED, e.g. a datagram reply to a closed Unix socket;
+/// ConnectionResetError: ECONNRESET).
+inline bool is_connection_error(const std::error_code& ec) noexcept {
+  const std::error_condition condition = ec.default_error_condition();
+  if (condition.category() != std::generic_category()) return false;
+  switch (condition.value()) {
+    case EPIPE:
+    case ESHUTDOWN:
+    case ECONNABORTED:
+    case ECONNREFUSED:
+    case ECONNRESET:
+      return true;
+    default:
+      return false;
+  }
+}
+
+/// True for the error Python raises as TimeoutError (ETIMEDOUT): a socket timeout, or the
+/// handler's timeout on a whole rfile read or wfile write.
+inline bool is_timeout_error(const std::error_code& ec) noexcept {
+  return ec.default_error_condition() == std::errc::timed_out;
+}
+
+/// How a request that ended with the exception being handled ended (call inside a catch
+/// block): a std::system_error for a connection error or a timeout is the peer's doing,
+/// anything else a failure. A forced unwind passes through.
+inline request_outcome outcome_of_current_exception() {
+  if (!std::current_exception()) return request_outcome::failed;
+  try {
+    throw;
+  } catch (const std::system_error& e) {
+    if (is_connection_error(e.code())) return request_outcome::disconnected;
+    if (is_timeout_error(e.code())) return request_outcome::timed_out;
+  } catch (forced_unwind&) {
+    throw;
+  } catch (...) {
+  }
+  return request_outcome::failed;
 }
 
 }  // namespace detail
