@@ -757,6 +757,65 @@ TEST_CASE("allow_reuse_port is not applied to Unix sockets", "[base_server][poli
   CHECK(test::round_trip<test::UnixStream>(server.server_address, "unix", dir) == "unix");
 }
 
+namespace {
+
+// request_queue_size as a run-time value (a command-line flag, say): `static inline`.
+struct RuntimeQueueServer : ss::UnixStreamServer<StreamEcho, RuntimeQueueServer> {
+  using base = ss::UnixStreamServer<StreamEcho, RuntimeQueueServer>;
+  using base::base;
+  static inline int request_queue_size = 5;
+};
+
+// How many connections a listening Unix stream socket that nobody accepts from queues: its
+// backlog + 1 (Linux), then a non-blocking connect() fails with EAGAIN.
+int connections_queued(const ss::address& to) {
+  std::vector<ss::socket> clients;
+  for (int i = 0; i < 100; ++i) {
+    ss::socket c(AF_UNIX, SOCK_STREAM);
+    c.setblocking(false);
+    if (::connect(c.fileno(), to.data(), to.size()) < 0) break;
+    clients.push_back(std::move(c));
+  }
+  return static_cast<int>(clients.size());
+}
+
+// The README's server_bind() override: the listening socket is the member `socket`.
+struct TunedServer : ss::TCPServer<StreamEcho, TunedServer> {
+  using base = ss::TCPServer<StreamEcho, TunedServer>;
+  using base::base;
+  void server_bind() {
+    socket.setsockopt(SOL_SOCKET, SO_KEEPALIVE, 1);  // before the base binds
+    base::server_bind();
+  }
+};
+
+}  // namespace
+
+TEST_CASE("request_queue_size may be a run-time static inline value",
+          "[base_server][policy][runtime]") {
+  test::TempDir dir;
+  RuntimeQueueServer::request_queue_size = 2;
+  {
+    RuntimeQueueServer server(dir.file("two.sock"));
+    CHECK(connections_queued(server.server_address) == 3);
+  }
+  RuntimeQueueServer::request_queue_size = 7;
+  {
+    RuntimeQueueServer server(dir.file("seven.sock"));
+    CHECK(connections_queued(server.server_address) == 8);
+  }
+  RuntimeQueueServer::request_queue_size = 5;
+}
+
+TEST_CASE("a server_bind override reaches the listening socket as `socket`",
+          "[base_server][hooks]") {
+  test::TempDir dir;
+  TunedServer server({"127.0.0.1", 0});
+  CHECK(server.socket.getsockopt<int>(SOL_SOCKET, SO_KEEPALIVE) != 0);
+  test::Serving<TunedServer> serving(server);
+  CHECK(test::round_trip<test::TCP>(server.server_address, "tuned", dir) == "tuned");
+}
+
 TEST_CASE("request_queue_size can be redefined", "[base_server][policy]") {
   static_assert(SmallQueueServer::request_queue_size == 1);
   static_assert(ss::TCPServer<StreamEcho>::request_queue_size == 5);

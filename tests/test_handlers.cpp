@@ -1019,3 +1019,167 @@ TEST_CASE("a handler constructed outside a server throws std::logic_error", "[ha
   CHECK(NestingHandler::outcome == "logic_error");
   CHECK_THROWS_AS([] { OutsideStream h; }(), std::logic_error);
 }
+
+// --- Run-time class-level settings, fileno() -----------------------------------------------
+
+namespace {
+
+struct RuntimeTimeoutServer;
+// `timeout` as a run-time value (set from a command-line flag, say), as Python assigns
+// `MyHandler.timeout`: a `static inline` variable instead of `static constexpr`.
+struct RuntimeTimeoutHandler : ss::StreamRequestHandler<RuntimeTimeoutServer> {
+  static inline ss::timeout_type timeout;
+  void handle();
+};
+struct RuntimeTimeoutServer : ss::TCPServer<RuntimeTimeoutHandler, RuntimeTimeoutServer> {
+  using base = ss::TCPServer<RuntimeTimeoutHandler, RuntimeTimeoutServer>;
+  using base::base;
+  std::optional<double> seen_timeout;
+  std::vector<ErrorRecord> errors;
+  void handle_error(ss::socket& /*request*/, const ss::address& client) {
+    errors.push_back(current_error(client));
+  }
+};
+void RuntimeTimeoutHandler::handle() {
+  if (auto t = connection.gettimeout())
+    server.seen_timeout = t->count();
+  else  // the setting was ignored: fail the checks below instead of waiting forever
+    connection.settimeout(std::chrono::seconds(2));
+  (void)rfile.readline();  // the client sends nothing
+}
+
+}  // namespace
+
+TEST_CASE("timeout may be a run-time static inline value, read at each request",
+          "[handlers][stream][runtime]") {
+  STATIC_REQUIRE(TimeoutHandler::timeout == std::chrono::milliseconds(200));  // the constexpr form
+  RuntimeTimeoutServer server({"127.0.0.1", 0});
+  for (const double seconds : {0.15, 0.25}) {
+    RuntimeTimeoutHandler::timeout = std::chrono::duration<double>(seconds);
+    server.seen_timeout.reset();
+    server.errors.clear();
+    ss::socket client = test::connect_to(server.server_address);  // stays open, silent
+    server.handle_request();
+    REQUIRE(server.seen_timeout.has_value());
+    CHECK(std::fabs(*server.seen_timeout - seconds) < 0.01);
+    REQUIRE(server.errors.size() == 1);
+    CHECK(server.errors[0].code == std::errc::timed_out);
+    CHECK(test::recv_all(client) == "");
+  }
+  CHECK(server.stats().timeouts == 2);
+  RuntimeTimeoutHandler::timeout.reset();
+}
+
+namespace {
+
+template <class K>
+struct RuntimePacketHandler;
+
+template <class K>
+struct RuntimePacketServer : K::template server<RuntimePacketHandler<K>, RuntimePacketServer<K>> {
+  using base = typename K::template server<RuntimePacketHandler<K>, RuntimePacketServer<K>>;
+  using base::base;
+  static inline std::size_t max_packet_size = 16;  // a run-time value
+  std::vector<std::string> data;
+  std::vector<bool> truncated;
+};
+
+template <class K>
+struct RuntimePacketHandler : ss::BaseRequestHandler<ss::datagram, RuntimePacketServer<K>> {
+  void handle() {
+    this->server.data.push_back(this->request.data);
+    this->server.truncated.push_back(this->request.truncated);
+  }
+};
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("max_packet_size may be a run-time static inline value, and may grow",
+                   "[handlers][datagram][runtime]", test::UDP, test::UnixDatagram) {
+  using K = TestType;
+  test::TempDir dir;
+  RuntimePacketServer<K>::max_packet_size = 16;
+  RuntimePacketServer<K> server(K::bind_address(dir));
+  ss::socket client = test::connect_to(server.server_address, SOCK_DGRAM, &dir);
+  const std::string big(5000, 'p');
+  client.send(big);
+  server.handle_request();  // cut at 16
+  RuntimePacketServer<K>::max_packet_size = 6000;
+  client.send(big);
+  server.handle_request();  // whole: the receive buffer grew with the setting
+  RuntimePacketServer<K>::max_packet_size = 16;
+  REQUIRE(server.data.size() == 2);
+  CHECK(server.data[0] == big.substr(0, 16));
+  CHECK(server.truncated[0]);
+  CHECK(server.data[1] == big);
+  CHECK_FALSE(server.truncated[1]);
+}
+
+namespace {
+
+struct FilenoServer;
+struct FilenoHandler : ss::StreamRequestHandler<FilenoServer> {
+  void handle();
+};
+struct FilenoServer : ss::TCPServer<FilenoHandler, FilenoServer> {
+  using base = ss::TCPServer<FilenoHandler, FilenoServer>;
+  using base::base;
+  int connection_fd = -2, rfile_fd = -3, wfile_fd = -4;
+};
+void FilenoHandler::handle() {
+  server.connection_fd = connection.fileno();
+  server.rfile_fd = rfile.fileno();
+  server.wfile_fd = wfile.fileno();
+  wfile.write(rfile.readline());
+}
+
+struct DatagramFilenoHandler : ss::DatagramRequestHandler<> {
+  static inline std::string rfile_error, wfile_error;
+  void handle() {
+    try {
+      (void)rfile.fileno();
+    } catch (const std::logic_error& e) {
+      rfile_error = e.what();
+    }
+    try {
+      (void)wfile.fileno();
+    } catch (const std::logic_error& e) {
+      wfile_error = e.what();
+    }
+    wfile.write("done");
+  }
+};
+
+}  // namespace
+
+TEST_CASE("rfile.fileno() and wfile.fileno() are the connection's descriptor",
+          "[handlers][stream][fileno]") {
+  FilenoServer server({"127.0.0.1", 0});
+  ss::socket client = test::connect_to(server.server_address);
+  client.sendall("line\n");
+  client.shutdown(SHUT_WR);
+  server.handle_request();
+  CHECK(test::recv_all(client) == "line\n");
+  CHECK(server.connection_fd >= 0);
+  CHECK(server.rfile_fd == server.connection_fd);
+  CHECK(server.wfile_fd == server.connection_fd);
+  // Closed files, and files over memory, have none (Python: ValueError,
+  // io.UnsupportedOperation).
+  CHECK_THROWS_AS(ss::reader().fileno(), std::logic_error);
+  CHECK_THROWS_AS(ss::reader("bytes").fileno(), std::logic_error);
+  CHECK_THROWS_AS(ss::writer().fileno(), std::logic_error);
+  ss::writer closed(client, 0);
+  closed.close();
+  CHECK_THROWS_AS(closed.fileno(), std::logic_error);
+}
+
+TEST_CASE("a datagram handler's in-memory rfile and wfile have no fileno()",
+          "[handlers][datagram][fileno]") {
+  ss::UDPServer<DatagramFilenoHandler> server({"127.0.0.1", 0});
+  ss::socket client = test::connect_to(server.server_address, SOCK_DGRAM);
+  client.send("x");
+  server.handle_request();
+  CHECK(client.recv(100) == "done");
+  CHECK(DatagramFilenoHandler::rfile_error.find("in memory") != std::string::npos);
+  CHECK(DatagramFilenoHandler::wfile_error.find("in memory") != std::string::npos);
+}

@@ -60,8 +60,9 @@ template <class Handler>
 struct has_handle<Handler, std::void_t<decltype(std::declval<Handler&>().handle())>>
     : std::true_type {};
 
+// Read at each request, not once: a setting may be a run-time `static inline` variable.
 template <class Handler>
-constexpr stream_options stream_options_of() {
+stream_options stream_options_of() {
   return {Handler::rbufsize, Handler::wbufsize, timeout_type(Handler::timeout),
           Handler::disable_nagle_algorithm, Handler::max_line_length};
 }
@@ -86,8 +87,9 @@ void run_handler(Request& request, const address& client_address, Server& server
                 "argument of its base class");
   server_type* typed_server = &server;
   const stream_options* stream = nullptr;
+  stream_options options{};
   if constexpr (std::is_base_of_v<stream_handler_tag, Handler>) {
-    static constexpr stream_options options = stream_options_of<Handler>();
+    options = stream_options_of<Handler>();
     stream = &options;
   }
   const handler_context context{&request, &client_address, typed_server, stream};
@@ -160,7 +162,10 @@ class BaseRequestHandler {
 
 /// A handler for stream servers with file-like rfile and wfile (Python's
 /// StreamRequestHandler). Class-level settings, which a subclass may redefine as
-/// `static constexpr` members:
+/// `static constexpr` members, or as `static inline` variables to set at run time (e.g.
+/// `static inline socketserver::timeout_type timeout;`, then `MyHandler::timeout =
+/// std::chrono::seconds(flag);` before serving, as Python assigns `MyHandler.timeout`; they
+/// are read as each request starts):
 ///   rbufsize (-1: buffered, 8192 bytes; 0: unbuffered), wbufsize (0: unbuffered, every write
 ///   is sent at once; >0: buffered, sent by flush() and at finish()), timeout (nullopt: none;
 ///   else the connection's socket timeout, and the limit on each whole rfile read or

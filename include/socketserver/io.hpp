@@ -137,6 +137,17 @@ class reader {
   iterator begin() { return iterator(this); }
   iterator end() { return iterator(); }
 
+  /// The connection's descriptor (Python's rfile.fileno()), e.g. for poll() or
+  /// getsockopt(). Bytes already buffered are not visible through it.
+  /// @throws std::logic_error for a reader over bytes in memory (a datagram handler's rfile:
+  ///         Python's BytesIO raises io.UnsupportedOperation), or a closed reader.
+  int fileno() const {
+    check_open();
+    if (!sock_.is_open())
+      throw std::logic_error("fileno: a reader over bytes in memory has no file descriptor");
+    return sock_.fileno();
+  }
+
   /// Bytes buffered and not yet returned.
   std::size_t buffered() const noexcept { return end_ - begin_; }
   void close() noexcept { closed_ = true; }
@@ -293,6 +304,17 @@ class writer {
 
   /// What a collecting writer has gathered.
   const std::string& getvalue() const noexcept { return buffer_; }
+
+  /// The connection's descriptor (Python's wfile.fileno()), e.g. for sendfile() or
+  /// setsockopt(); flush() first if the writer buffers.
+  /// @throws std::logic_error for a writer that collects in memory (a datagram handler's
+  ///         wfile: Python's BytesIO raises io.UnsupportedOperation), or a closed writer.
+  int fileno() const {
+    if (closed_) throw std::logic_error("I/O operation on closed writer");
+    if (!sock_.is_open())
+      throw std::logic_error("fileno: a writer collecting in memory has no file descriptor");
+    return sock_.fileno();
+  }
 
   /// Sends what is buffered (as Python's close() flushes) and closes. A collecting writer
   /// keeps what it gathered for getvalue(). Closing twice does nothing.

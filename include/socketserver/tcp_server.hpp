@@ -58,7 +58,9 @@ inline bool remove_stale_unix_socket(const address& where, int socket_type) noex
 /// Class-level policies, which a subclass may redefine as `static constexpr` members:
 /// address_family (AF_INET; AF_INET6 for IPv6), socket_type (SOCK_STREAM),
 /// request_queue_size (5, the listen backlog), allow_reuse_address (false: SO_REUSEADDR),
-/// allow_reuse_port (false: SO_REUSEPORT, IPv4/IPv6 only).
+/// allow_reuse_port (false: SO_REUSEPORT, IPv4/IPv6 only). request_queue_size and the two
+/// allow_ flags may instead be `static inline` variables, set at run time before the server
+/// is constructed (or before server_bind()/server_activate() with bind_and_activate = false).
 ///
 /// The constructor creates the socket and, unless bind_and_activate is false, calls
 /// server_bind() and server_activate(); on failure it closes the socket and rethrows.

@@ -6,10 +6,10 @@
 #include <sys/uio.h>     // iovec
 
 #include <cstddef>       // std::size_t
-#include <memory>        // std::unique_ptr
 #include <string>        // std::string
 #include <system_error>  // std::error_code
 #include <utility>       // std::pair
+#include <vector>        // std::vector
 
 #include "address.hpp"
 #include "datagram.hpp"
@@ -21,7 +21,9 @@ namespace socketserver {
 /// Python's UDPServer: each datagram is a request. Derives from basic_tcp_server, as in
 /// Python, with socket_type SOCK_DGRAM, no listen(), and a request that is the packet plus the
 /// server's socket. Class-level policy max_packet_size (8192) bounds the packet; a longer
-/// one is cut there and the request is marked `truncated` (CPython truncates silently).
+/// one is cut there and the request is marked `truncated` (CPython truncates silently). It
+/// is read at each receive, so a subclass may redefine it as a run-time `static inline`
+/// variable.
 template <class Handler, class Derived>
 class basic_udp_server : public basic_tcp_server<Handler, Derived, datagram> {
   using base = basic_tcp_server<Handler, Derived, datagram>;
@@ -49,9 +51,12 @@ class basic_udp_server : public basic_tcp_server<Handler, Derived, datagram> {
   bool get_request(datagram& request, address& client_address, std::error_code& ec) {
     // Received into a buffer kept for the purpose, then copied at its real size: the packet
     // costs one small allocation, not a zero-filled max_packet_size one. One buffer per
-    // thread: a thread pool's leaders receive at the same time.
-    thread_local const std::unique_ptr<char[]> scratch(new char[Derived::max_packet_size]);
-    iovec iov{scratch.get(), Derived::max_packet_size};
+    // thread: a thread pool's leaders receive at the same time. Sized at each call, as
+    // max_packet_size may be a run-time `static inline` value that has grown.
+    const std::size_t max_size = Derived::max_packet_size;
+    thread_local std::vector<char> scratch;
+    if (scratch.size() < max_size) scratch.resize(max_size);
+    iovec iov{scratch.data(), max_size};
     msghdr msg{};
     msg.msg_name = client_address.data();
     msg.msg_namelen = address::capacity();
@@ -64,7 +69,7 @@ class basic_udp_server : public basic_tcp_server<Handler, Derived, datagram> {
       return false;
     }
     client_address.resize(msg.msg_namelen);
-    request.data.assign(scratch.get(), static_cast<std::size_t>(n));
+    request.data.assign(scratch.data(), static_cast<std::size_t>(n));
     request.socket = this->socket;
     request.truncated = (msg.msg_flags & MSG_TRUNC) != 0;
     ec.clear();
