@@ -146,3 +146,126 @@ TEST_CASE("a pool's drain also cuts requests still queued", "[drain][thread_pool
   CHECK(test::recv_all(queued).empty());
   CHECK(server.stats().active() == 0);
 }
+
+// --- drain() serves what the kernel queued; keep-alive connections end between requests ---
+
+namespace {
+
+// Answers lines until end of stream; "draining?\n" is answered with server.draining().
+struct KeepAlive : socketserver::StreamRequestHandler<> {
+  void handle() {
+    for (std::string line = rfile.readline(); !line.empty(); line = rfile.readline())
+      wfile.write(line == "draining?\n" ? (server.draining() ? "yes\n" : "no\n") : line);
+  }
+};
+
+template <template <class, class> class Server>
+struct QuietKeepAlive : Server<KeepAlive, QuietKeepAlive<Server>> {
+  using base = Server<KeepAlive, QuietKeepAlive<Server>>;
+  using base::base;
+  void handle_error(socketserver::socket&, const socketserver::address&) {}
+};
+
+using QuietUnixThreading = Quiet<socketserver::threading_unix_stream_server_t>;
+using QuietUnixPool = Quiet<socketserver::thread_pool_unix_stream_server_t>;
+
+// Reads one reply line (up to '\n'); "" if the connection ended first.
+std::string read_line(const socketserver::socket& c) {
+  std::string line;
+  char ch = 0;
+  try {
+    while (line.size() < 4096 && c.recv(&ch, 1) == 1) {
+      line += ch;
+      if (ch == '\n') break;
+    }
+  } catch (const std::system_error&) {
+    return "";
+  }
+  return line;
+}
+
+template <class Server>
+socketserver::address listen_address(test::TempDir& dir) {
+  if (Server::address_family == AF_UNIX) return socketserver::address(dir.path() + "/s");
+  return {"127.0.0.1", 0};
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("drain serves every connection already queued in the listen backlog", "[drain]",
+                   QuietTCP, QuietThreading, QuietForking, QuietPool, QuietUnixThreading,
+                   QuietUnixPool) {
+  test::TempDir dir;
+  TestType server(listen_address<TestType>(dir));
+  { test::Serving<TestType> serving(server); }  // served and stopped: nobody accepts now
+  // The kernel completes these connections and queues them (the backlog holds 5), and
+  // each client sends its whole request: by the client's account, the request is sent.
+  std::vector<socketserver::socket> clients;
+  for (int i = 0; i < 4; ++i) {
+    clients.push_back(test::connect_to(server.server_address));
+    clients.back().sendall("request " + std::to_string(i) + "\n");
+  }
+  CHECK(server.drain(30s) == 0);
+  for (int i = 0; i < 4; ++i) CHECK(read_line(clients[i]) == "request " + std::to_string(i) + "\n");
+  CHECK(server.fileno() == -1);
+  CHECK(server.stats().completed == 4);
+  CHECK_FALSE(test::has_children());
+}
+
+TEMPLATE_TEST_CASE("after the drain, new connections are refused", "[drain]", QuietThreading,
+                   QuietUnixThreading) {
+  test::TempDir dir;
+  TestType server(listen_address<TestType>(dir));
+  const socketserver::address where = server.server_address;
+  server.drain(30s);
+  CHECK_THROWS_AS(test::connect_to(where), std::system_error);
+}
+
+TEMPLATE_TEST_CASE("handlers see server.draining() once drain() has started", "[drain]",
+                   QuietKeepAlive<socketserver::threading_tcp_server_t>,
+                   QuietKeepAlive<socketserver::forking_tcp_server_t>,
+                   QuietKeepAlive<socketserver::thread_pool_tcp_server_t>) {
+  TestType server({"127.0.0.1", 0});
+  CHECK_FALSE(server.draining());
+  socketserver::socket client;
+  {
+    test::Serving<TestType> serving(server);
+    client = test::connect_to(server.server_address);
+    client.sendall("one\n");
+    REQUIRE(read_line(client) == "one\n");
+    client.sendall("draining?\n");
+    REQUIRE(read_line(client) == "no\n");
+  }
+  std::size_t cut = 99;
+  std::thread draining([&] { cut = server.drain(30s); });
+  REQUIRE(test::eventually([&] { return server.draining(); }));
+  client.sendall("dra");  // in the middle of a request: the handler's read is not cut
+  client.sendall("ining?\n");
+  CHECK(read_line(client) == "yes\n");
+  CHECK(read_line(client).empty());  // and then the connection ends, between requests
+  draining.join();
+  CHECK(cut == 0);
+  CHECK_FALSE(test::has_children());
+}
+
+TEMPLATE_TEST_CASE("an idle keep-alive client does not hold the drain for the grace period",
+                   "[drain]", QuietKeepAlive<socketserver::threading_tcp_server_t>,
+                   QuietKeepAlive<socketserver::forking_tcp_server_t>,
+                   QuietKeepAlive<socketserver::thread_pool_tcp_server_t>,
+                   QuietKeepAlive<socketserver::threading_unix_stream_server_t>) {
+  test::TempDir dir;
+  TestType server(listen_address<TestType>(dir));
+  socketserver::socket client;
+  {
+    test::Serving<TestType> serving(server);
+    client = test::connect_to(server.server_address);
+    client.sendall("hello\n");
+    REQUIRE(read_line(client) == "hello\n");
+  }
+  const auto start = std::chrono::steady_clock::now();
+  CHECK(server.drain(30s) == 0);  // the handler's wait for its next request ended
+  CHECK(std::chrono::steady_clock::now() - start < 5s);
+  CHECK(read_line(client).empty());
+  CHECK(server.stats().active() == 0);
+  CHECK_FALSE(test::has_children());
+}

@@ -13,6 +13,7 @@
 #include <string>              // std::string
 #include <thread>              // std::this_thread, std::thread::id
 
+#include "detail/drain_signal.hpp"
 #include "detail/exceptions.hpp"  // request_outcome
 #include "detail/wakeup.hpp"
 #include "socket.hpp"  // socket, timeout_type
@@ -75,6 +76,19 @@ class any_server {
     if (s.completed + s.rejected > s.accepted) s.accepted = s.completed + s.rejected;
     return s;
   }
+
+  /// True once drain() has started (beyond Python): a handler that serves several requests
+  /// on one connection should end it at the next request boundary. StreamRequestHandler's
+  /// rfile does that for you (a read that waits for the next request returns end of stream).
+  /// Also true in the children of a forking server whose parent is draining.
+  bool draining() const noexcept { return drain_signal_.started(); }
+
+  /// A descriptor that becomes readable (POLLIN) when drain() starts, for a handler that
+  /// waits for its client some other way than through rfile. Do not read it or close it.
+  int draining_fileno() const noexcept { return drain_signal_.fileno(); }
+
+  /// The drain signal itself, which rfile and wfile watch.
+  const detail::drain_signal& drain_state() const noexcept { return drain_signal_; }
 
   /// True while a thread is inside serve_forever().
   bool is_serving() const {
@@ -139,6 +153,8 @@ class any_server {
   counters counters_;
 
   detail::wakeup wakeup_;
+  // Raised by drain(); shared with forked request children (not with prefork workers).
+  detail::drain_signal drain_signal_;
   // The Unix socket file this server created and removes when it closes.
   std::string owned_path_;
 

@@ -2,7 +2,12 @@
 // BaseServer: the serve_forever loop, shutdown, handle_request and the request hooks.
 #pragma once
 
-#include <poll.h>  // pollfd, POLLIN, POLLNVAL
+#include <fcntl.h>  // fcntl, O_NONBLOCK
+#if defined(__linux__)
+#  include <linux/filter.h>  // sock_filter, sock_fprog, BPF_*
+#endif
+#include <poll.h>        // pollfd, POLLIN, POLLNVAL
+#include <sys/socket.h>  // setsockopt, shutdown, SO_ATTACH_FILTER, SHUT_RD
 
 #include <algorithm>     // std::min
 #include <chrono>        // std::chrono::duration
@@ -227,8 +232,11 @@ class BaseServer : public any_server {
   /// how many requests were cut. Call it after shutdown(), from any thread but the one that
   /// ran serve_forever() if it is still inside a handler. A synchronous server has nothing
   /// in flight once serve_forever() has returned: it just closes.
+  ///
+  /// Every server first serves the connections the kernel has already queued (see
+  /// drain_backlog()); a synchronous server serves them itself, then closes.
   std::size_t drain(std::chrono::duration<double> grace) {
-    (void)grace;
+    drain_backlog(detail::deadline_after(grace));
     derived().server_close();
     return 0;
   }
@@ -358,6 +366,52 @@ class BaseServer : public any_server {
     }                // closes it
     count_completed(true);
   }
+
+  /// drain()'s first step (beyond Python): raises draining() (which ends keep-alive
+  /// connections at their next request boundary, see reader), then, for a stream server,
+  /// stops new connections from reaching the listen backlog and processes every connection
+  /// already there (through process_request(), as serve_forever() would), so that no client
+  /// whose connection the kernel accepted is reset when the socket closes. New connections:
+  /// a Unix socket refuses them (shutdown(SHUT_RD) on the listener, which keeps its queue);
+  /// on Linux a TCP socket drops their SYNs with a socket filter, so they are refused once
+  /// it closes (or reach the next server on the port, when the client's SYN is retried).
+  /// Handshakes already under way complete within a round trip: the backlog is emptied until
+  /// it has stayed empty for drain_settle (TCP only), or until `deadline`.
+  /// Datagram servers: datagrams still in the socket's buffer are not served (the drain
+  /// finishes the requests already received); UDP clients must retry anyway.
+  void drain_backlog(detail::clock::time_point deadline) {
+    drain_signal_.start();
+    const int fd = fileno();
+    if (Derived::socket_type != SOCK_STREAM || fd < 0) return;
+    const bool unix_socket = server_address.family() == AF_UNIX;
+    if (unix_socket) {
+      ::shutdown(fd, SHUT_RD);
+    } else {
+#if defined(__linux__)
+      // Accept everything but a SYN (flags & (SYN|ACK)) == SYN: the final ACK of a handshake
+      // under way still completes its connection. The filter sees the TCP header at 0.
+      sock_filter code[] = {BPF_STMT(BPF_LD | BPF_B | BPF_ABS, 13),
+                            BPF_STMT(BPF_ALU | BPF_AND | BPF_K, 0x12),
+                            BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0x02, 0, 1),
+                            BPF_STMT(BPF_RET | BPF_K, 0), BPF_STMT(BPF_RET | BPF_K, 0xffffffffu)};
+      sock_fprog program{static_cast<unsigned short>(sizeof code / sizeof code[0]), code};
+      (void)::setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &program, sizeof program);
+#endif
+    }
+    const int flags = ::fcntl(fd, F_GETFL);
+    if (flags >= 0 && (flags & O_NONBLOCK) == 0) ::fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+    const auto settle = unix_socket ? detail::clock::duration::zero() : drain_settle;
+    while (detail::clock::now() < deadline) {
+      if (handle_request_noblock()) continue;
+      const auto until = std::min(deadline, detail::clock::now() + settle);
+      pollfd p{fd, POLLIN, 0};
+      if (until <= detail::clock::now() || detail::poll_until(&p, 1, until) == 0) break;
+    }
+    if (flags >= 0) ::fcntl(fd, F_SETFL, flags);
+  }
+
+  /// How long drain_backlog() waits for TCP handshakes under way (beyond Python).
+  static constexpr std::chrono::milliseconds drain_settle{50};
 
   /// Handles one request without blocking: get_request(), verify_request(),
   /// process_request(), with errors routed to handle_error() (Python's

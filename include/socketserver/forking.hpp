@@ -112,6 +112,7 @@ class ForkingMixIn : public Base {
     // drain() ends children with SIGTERM: whatever the parent does with it (a handler, or
     // blocked for shutdown_on_signals), a child ends.
     ::signal(SIGTERM, SIG_DFL);
+    this->drain_signal_.inherited();  // the parent's drain() shows on the shared descriptor
     sigset_t term;
     sigemptyset(&term);
     sigaddset(&term, SIGTERM);
@@ -138,13 +139,14 @@ class ForkingMixIn : public Base {
     end_child(request, status);
   }
 
-  /// Graceful stop: closes the socket (stream servers), waits up to `grace` for the
-  /// children, sends SIGTERM to those still running, reaps them all, and closes the server.
-  /// Returns how many children were cut.
+  /// Graceful stop: serves the connections already queued (drain_backlog()) and closes the
+  /// socket (stream servers), waits up to `grace` in all for the children, sends SIGTERM to those
+  /// still running, reaps them all, and closes the server. Returns how many children were cut.
   std::size_t drain(std::chrono::duration<double> grace) {
-    if constexpr (detail::is_stream<request_type>) Base::server_close();
     using detail::clock;
     const auto deadline = clock::now() + std::chrono::duration_cast<clock::duration>(grace);
+    this->drain_backlog(deadline);  // a child for each connection already queued
+    if constexpr (detail::is_stream<request_type>) Base::server_close();
     collect_children();
     while (!active_children.empty() && clock::now() < deadline) {
       wait_for_any_child(std::chrono::duration<double>(deadline - clock::now()));

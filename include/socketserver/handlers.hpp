@@ -198,8 +198,11 @@ class StreamRequestHandler : public BaseRequestHandler<socket, Server>,
       const int on = 1;
       (void)::setsockopt(connection.fileno(), IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
     }
-    rfile = reader(connection, options_.rbufsize, options_.max_line_length, options_.timeout);
-    wfile = writer(connection, options_.wbufsize, options_.timeout);
+    const detail::drain_signal* drain =
+        &static_cast<const server_base&>(this->server).drain_state();
+    rfile =
+        reader(connection, options_.rbufsize, options_.max_line_length, options_.timeout, drain);
+    wfile = writer(connection, options_.wbufsize, options_.timeout, drain);
   }
 
   /// Flushes wfile (a peer that has gone away is not an error here) and closes both files.

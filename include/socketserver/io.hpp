@@ -2,9 +2,12 @@
 // reader and writer: the rfile and wfile of the request handlers.
 #pragma once
 
-#include <poll.h>  // POLLIN, POLLOUT
+#include <netinet/in.h>   // IPPROTO_TCP
+#include <netinet/tcp.h>  // TCP_CORK
+#include <poll.h>         // POLLIN, POLLOUT
 
-#include <algorithm>     // std::max
+#include <algorithm>     // std::max, std::min
+#include <cerrno>        // errno, EINTR
 #include <chrono>        // std::chrono::duration
 #include <cstddef>       // std::size_t, std::ptrdiff_t
 #include <cstring>       // std::memchr
@@ -17,6 +20,7 @@
 #include <utility>       // std::move
 #include <vector>        // std::vector
 
+#include "detail/drain_signal.hpp"
 #include "detail/errno.hpp"
 #include "detail/poll.hpp"
 #include "detail/time.hpp"
@@ -42,17 +46,28 @@ class reader {
   /// readlines() call as a whole, however the peer dribbles its bytes (a client sending a
   /// byte a second cannot hold a readline() open past it): past it they throw
   /// std::system_error with std::errc::timed_out.
+  /// With `drain` (the server's drain signal: StreamRequestHandler passes it), a read that
+  /// waits for the next request (nothing buffered, nothing read yet in this call) returns
+  /// end of stream once the server drains, so a keep-alive connection ends between requests;
+  /// a read in the middle of a request is never cut. See drain_wait_for_request.
   reader(socket_view sock, std::ptrdiff_t bufsize, std::size_t max_line_length = 0,
-         timeout_type timeout = std::nullopt)
+         timeout_type timeout = std::nullopt, const detail::drain_signal* drain = nullptr)
       : sock_(sock),
         bufsize_(bufsize < 0 ? default_buffer_size : static_cast<std::size_t>(bufsize)),
         max_line_length_(max_line_length),
-        timeout_(timeout) {}
+        timeout_(timeout),
+        drain_(drain) {}
+
+  /// During a drain, how long a read at a request boundary still waits for a request, once
+  /// per connection, unless the last reply is held back to leave with the end of stream (TCP,
+  /// see writer): a client that connected just before the drain, or sent its next request
+  /// as the drain began, is still served; an idle one holds the drain no longer than this.
+  static constexpr std::chrono::milliseconds drain_wait_for_request{1000};
 
   /// Reads up to `size` bytes, fewer only at end of stream; size < 0 reads to end of stream.
   std::string read(std::ptrdiff_t size = -1) {
     check_open();
-    start_deadline();
+    start_operation();
     std::string out;
     if (size < 0) {
       while (fill()) {
@@ -93,7 +108,7 @@ class reader {
   /// is left, "" once nothing is.
   std::string readline(std::ptrdiff_t limit = -1) {
     check_open();
-    start_deadline();
+    start_operation();
     return readline_within_deadline(limit);
   }
 
@@ -101,7 +116,7 @@ class reader {
   std::vector<std::string> readlines() {
     std::vector<std::string> lines;
     check_open();
-    start_deadline();
+    start_operation();
     for (std::string line = readline_within_deadline(-1); !line.empty();
          line = readline_within_deadline(-1))
       lines.push_back(std::move(line));
@@ -223,8 +238,10 @@ class reader {
     return true;
   }
 
-  void start_deadline() {
+  // A read call starts: its deadline, and whether it waits for a new request.
+  void start_operation() {
     if (timeout_) deadline_ = detail::deadline_after(timeout_);
+    at_boundary_ = begin_ == end_;
   }
 
   // recv() within the current operation's deadline: try without blocking, then wait for
@@ -233,6 +250,10 @@ class reader {
   // byte there in time must not keep a readline() going past it either. (A zero timeout is
   // non-blocking mode: take what is there, fail only when the socket is empty.)
   std::size_t receive(char* buf, std::size_t n) {
+    if (at_boundary_) {
+      at_boundary_ = false;
+      if (drain_ != nullptr) return receive_request(buf, n);
+    }
     if (!timeout_) return sock_.recv(buf, n);
     if (timeout_->count() > 0 && clock::now() >= deadline_)
       detail::throw_error(std::make_error_code(std::errc::timed_out), "recv");
@@ -247,6 +268,49 @@ class reader {
     }
   }
 
+  // receive() at a request boundary, watching the drain signal as well: once the server
+  // drains, end of stream when the client has nothing there. Before that it waits once, for
+  // drain_wait_for_request, for a request on its way, unless a reply written during the drain
+  // is corked (writer), i.e. leaves with the FIN: then the client sees the end of stream
+  // with that reply, before it can send another request.
+  std::size_t receive_request(char* buf, std::size_t n) {
+    const bool timed = timeout_ && timeout_->count() > 0;
+    if (timed && clock::now() >= deadline_)
+      detail::throw_error(std::make_error_code(std::errc::timed_out), "recv");
+    const clock::time_point deadline = timed ? deadline_ : clock::time_point::max();
+    clock::time_point wait_until = clock::time_point::max();  // set while waiting in a drain
+    for (;;) {
+      std::error_code ec;
+      const std::size_t got = sock_.recv(buf, n, MSG_DONTWAIT, ec);
+      if (!ec) return got;
+      if (ec != std::errc::resource_unavailable_try_again && ec != std::errc::operation_would_block)
+        detail::throw_error(ec, "recv");
+      if (timeout_ && !timed)  // non-blocking mode
+        detail::throw_error(std::make_error_code(std::errc::timed_out), "recv");
+      if (wait_until == clock::time_point::max() && drain_->started()) {
+        if (drain_waited_ || corked()) return 0;
+        drain_waited_ = true;
+        wait_until = clock::now() + drain_wait_for_request;
+      }
+      const clock::time_point until = std::min(deadline, wait_until);
+      pollfd fds[2] = {{sock_.fileno(), POLLIN, 0},
+                       {wait_until == clock::time_point::max() ? drain_->fileno() : -1, POLLIN, 0}};
+      detail::before_blocking(sock_.fileno(), POLLIN, until);
+      const int ready = detail::poll_once(fds, 2, until);
+      if (ready < 0 && errno != EINTR) detail::throw_errno("poll");
+      if (ready == 0 && clock::now() >= until) {
+        if (until == wait_until) return 0;  // nothing came during the drain
+        detail::throw_error(std::make_error_code(std::errc::timed_out), "recv");
+      }
+    }
+  }
+
+  bool corked() const noexcept {
+    int on = 0;
+    socklen_t len = sizeof on;
+    return ::getsockopt(sock_.fileno(), IPPROTO_TCP, TCP_CORK, &on, &len) == 0 && on != 0;
+  }
+
   using clock = detail::clock;
   socket_view sock_;
   std::size_t bufsize_ = default_buffer_size;
@@ -258,6 +322,9 @@ class reader {
   std::size_t end_ = 0;
   bool eof_ = false;
   bool closed_ = false;
+  const detail::drain_signal* drain_ = nullptr;
+  bool at_boundary_ = false;   // this read call waits for a new request
+  bool drain_waited_ = false;  // the one wait for a request during a drain is used
 };
 
 /// Python's wfile: writes to a connected socket, all or nothing (partial sends are resumed),
@@ -271,10 +338,15 @@ class writer {
   /// A positive `timeout` bounds each write() and flush() as a whole, as Python's sendall()
   /// does: a peer that reads a little at a time cannot hold a large write open past it
   /// (std::system_error with std::errc::timed_out). A zero timeout is non-blocking mode.
-  writer(socket_view sock, std::ptrdiff_t bufsize, timeout_type timeout = std::nullopt)
+  /// With `drain` (the server's drain signal), a TCP connection is corked (TCP_CORK) once the
+  /// server drains: a reply written then leaves with the connection's FIN (or after the
+  /// kernel's 200 ms ceiling), so the client sees the end of stream together with it.
+  writer(socket_view sock, std::ptrdiff_t bufsize, timeout_type timeout = std::nullopt,
+         const detail::drain_signal* drain = nullptr)
       : sock_(sock),
         bufsize_(bufsize < 0 ? reader::default_buffer_size : static_cast<std::size_t>(bufsize)),
-        timeout_(timeout) {}
+        timeout_(timeout),
+        drain_(drain) {}
 
   /// Writes all of data; returns data.size().
   std::size_t write(std::string_view data) {
@@ -337,6 +409,11 @@ class writer {
   // sendall() within one deadline for the whole call: send without blocking while the
   // socket takes bytes, and wait for room with the time that is left.
   void send_all(std::string_view data) {
+    if (drain_ != nullptr && !corked_ && drain_->started()) {
+      corked_ = true;  // once; a Unix socket has no cork (then nothing to do)
+      const int on = 1;
+      (void)::setsockopt(sock_.fileno(), IPPROTO_TCP, TCP_CORK, &on, sizeof on);
+    }
     if (!timeout_ || timeout_->count() <= 0) {
       sock_.sendall(data);
       return;
@@ -362,6 +439,8 @@ class writer {
   timeout_type timeout_;
   std::string buffer_;
   bool closed_ = false;
+  const detail::drain_signal* drain_ = nullptr;
+  bool corked_ = false;
 };
 
 }  // namespace socketserver

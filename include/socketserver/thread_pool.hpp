@@ -278,17 +278,20 @@ class ThreadPoolMixIn : public Base {
     }
   }
 
-  /// Graceful stop: closes the socket (stream servers), lets the workers serve what is
-  /// queued and running for up to `grace`, then closes the queued requests unserved and shuts
+  /// Graceful stop: queues the connections already in the backlog (drain_backlog()) and
+  /// closes the socket (stream servers), lets the workers serve what is queued and running
+  /// for up to `grace` in all, then closes the queued requests unserved and shuts
   /// down the connections being served, and closes the server. Returns how many requests
   /// were cut.
   std::size_t drain(std::chrono::duration<double> grace) {
+    const auto deadline = detail::deadline_after(grace);
+    this->drain_backlog(deadline);  // queues the connections already in the backlog
     if constexpr (detail::is_stream<request_type>) Base::server_close();
     std::size_t cut = 0;
     std::deque<job> unserved;
     {
       std::unique_lock<std::mutex> lock(mutex_);
-      if (!changed_.wait_for(lock, grace, [&] { return queue_.empty() && serving_ == 0; })) {
+      if (!changed_.wait_until(lock, deadline, [&] { return queue_.empty() && serving_ == 0; })) {
         unserved.swap(queue_);
         cut += unserved.size();
         for (std::size_t i = 0; i < workers_.size(); ++i) cut += shut_down_served(serving_fds_[i]);

@@ -109,16 +109,19 @@ class ThreadingMixIn : public Base {
     }
   }
 
-  /// Graceful stop: closes the socket (stream servers), waits up to `grace` for the request
+  /// Graceful stop: serves the connections already queued (drain_backlog()) and closes the
+  /// socket (stream servers), waits up to `grace` in all for the request
   /// threads, then shuts down the connections of those still running so they end, waits
   /// for them, and closes the server. Returns how many connections were cut. (A datagram
   /// handler has no connection to cut: its thread is waited for.)
   std::size_t drain(std::chrono::duration<double> grace) {
+    const auto deadline = detail::deadline_after(grace);
+    this->drain_backlog(deadline);  // a thread for each connection already queued
     if constexpr (detail::is_stream<request_type>) Base::server_close();
     std::size_t cut = 0;
     {
       std::unique_lock<std::mutex> lock(mutex_);
-      if (!idle_.wait_for(lock, grace, [&] { return active_ == 0; })) {
+      if (!idle_.wait_until(lock, deadline, [&] { return active_ == 0; })) {
         for (task* t = running_.next; t != &running_; t = t->next)
           if (t->connection_fd >= 0 && ::shutdown(t->connection_fd, SHUT_RDWR) == 0) ++cut;
       }
