@@ -279,6 +279,7 @@ class reader {
       detail::throw_error(std::make_error_code(std::errc::timed_out), "recv");
     const clock::time_point deadline = timed ? deadline_ : clock::time_point::max();
     clock::time_point wait_until = clock::time_point::max();  // set while waiting in a drain
+    int drain_fd = drain_->fileno();  // -1 if a forked child closed its copy
     for (;;) {
       std::error_code ec;
       const std::size_t got = sock_.recv(buf, n, MSG_DONTWAIT, ec);
@@ -294,10 +295,11 @@ class reader {
       }
       const clock::time_point until = std::min(deadline, wait_until);
       pollfd fds[2] = {{sock_.fileno(), POLLIN, 0},
-                       {wait_until == clock::time_point::max() ? drain_->fileno() : -1, POLLIN, 0}};
+                       {wait_until == clock::time_point::max() ? drain_fd : -1, POLLIN, 0}};
       detail::before_blocking(sock_.fileno(), POLLIN, until);
       const int ready = detail::poll_once(fds, 2, until);
       if (ready < 0 && errno != EINTR) detail::throw_errno("poll");
+      if ((fds[1].revents & POLLNVAL) != 0) drain_fd = -1;
       if (ready == 0 && clock::now() >= until) {
         if (until == wait_until) return 0;  // nothing came during the drain
         detail::throw_error(std::make_error_code(std::errc::timed_out), "recv");

@@ -14,8 +14,9 @@ import sys
 LAYERS = [
     ("detail: time, errno", ["detail/time.hpp", "detail/errno.hpp", "detail/fd.hpp",
                              "detail/process.hpp", "detail/exceptions.hpp"]),
-    ("detail: waits", ["detail/accept_errors.hpp", "detail/blocking.hpp", "detail/wakeup.hpp"]),
-    ("detail: poll", ["detail/poll.hpp", "detail/drain_signal.hpp"]),
+    ("detail: waits", ["detail/accept_errors.hpp", "detail/blocking.hpp", "detail/wakeup.hpp",
+                       "detail/drain_signal.hpp"]),
+    ("detail: poll", ["detail/poll.hpp"]),
     ("detail: exclusive wait", ["detail/exclusive_wait.hpp"]),
     ("values", ["version.hpp", "error.hpp", "strict_bool.hpp", "stats.hpp"]),
     ("address", ["address.hpp"]),
