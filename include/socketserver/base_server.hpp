@@ -2,7 +2,6 @@
 // BaseServer: the serve_forever loop, shutdown, handle_request and the request hooks.
 #pragma once
 
-#include <fcntl.h>  // fcntl, O_NONBLOCK
 #if defined(__linux__)
 #  include <linux/filter.h>  // sock_filter, sock_fprog, BPF_*
 #endif
@@ -12,6 +11,7 @@
 #include <algorithm>     // std::min
 #include <chrono>        // std::chrono::duration
 #include <cstdio>        // std::fprintf, stderr
+#include <mutex>         // std::unique_lock, std::mutex
 #include <string>        // std::string, std::to_string
 #include <system_error>  // std::system_error, std::error_code
 #include <type_traits>   // std::false_type, std::void_t, std::is_same_v
@@ -28,6 +28,7 @@
 #include "detail/time.hpp"
 #include "detail/wakeup.hpp"
 #include "handlers.hpp"
+#include "io.hpp"  // reader::drain_wait_for_request
 #include "socket.hpp"
 
 namespace socketserver {
@@ -398,8 +399,7 @@ class BaseServer : public any_server {
       (void)::setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &program, sizeof program);
 #endif
     }
-    const int flags = ::fcntl(fd, F_GETFL);
-    if (flags >= 0 && (flags & O_NONBLOCK) == 0) ::fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+    detail::nonblocking_scope nonblocking(fd);
     const auto settle = unix_socket ? detail::clock::duration::zero() : drain_settle;
     while (detail::clock::now() < deadline) {
       if (handle_request_noblock()) continue;
@@ -407,7 +407,23 @@ class BaseServer : public any_server {
       pollfd p{fd, POLLIN, 0};
       if (until <= detail::clock::now() || detail::poll_until(&p, 1, until) == 0) break;
     }
-    if (flags >= 0) ::fcntl(fd, F_SETFL, flags);
+  }
+
+  /// drain()'s wait for the requests in flight, until done() (checked under `lock`, signalled
+  /// through `changed`) or `deadline`. Connections still waiting for their next request
+  /// reader::drain_wait_for_request after the drain started are ended then: their reads
+  /// return end of stream (drain_signal::release_waiters()). Returns done().
+  template <class Condition, class Done>
+  bool wait_for_drained(std::unique_lock<std::mutex>& lock, Condition& changed,
+                        detail::clock::time_point deadline, Done done) {
+    const auto release_at = std::min(
+        deadline, drain_signal_.started_at() + std::chrono::duration_cast<detail::clock::duration>(
+                                                   reader::drain_wait_for_request));
+    if (changed.wait_until(lock, release_at, done)) return true;
+    lock.unlock();
+    drain_signal_.release_waiters();
+    lock.lock();
+    return changed.wait_until(lock, deadline, done);
   }
 
   /// How long drain_backlog() waits for TCP handshakes under way (beyond Python).

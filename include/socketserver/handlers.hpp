@@ -198,10 +198,10 @@ class StreamRequestHandler : public BaseRequestHandler<socket, Server>,
       const int on = 1;
       (void)::setsockopt(connection.fileno(), IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
     }
-    const detail::drain_signal* drain =
-        &static_cast<const server_base&>(this->server).drain_state();
-    rfile =
-        reader(connection, options_.rbufsize, options_.max_line_length, options_.timeout, drain);
+    const detail::drain_signal* drain = &static_cast<const any_server&>(this->server).drain_state();
+    boundary_.watch(*drain);
+    rfile = reader(connection, options_.rbufsize, options_.max_line_length, options_.timeout, drain,
+                   &boundary_);
     wfile = writer(connection, options_.wbufsize, options_.timeout, drain);
   }
 
@@ -221,6 +221,7 @@ class StreamRequestHandler : public BaseRequestHandler<socket, Server>,
 
  private:
   detail::stream_options options_;
+  detail::boundary_watch boundary_;  // the drain ends rfile's wait for a next request
 };
 
 /// A handler for datagram servers (Python's DatagramRequestHandler): rfile reads the

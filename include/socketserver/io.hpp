@@ -49,14 +49,19 @@ class reader {
   /// With `drain` (the server's drain signal: StreamRequestHandler passes it), a read that
   /// waits for the next request (nothing buffered, nothing read yet in this call) returns
   /// end of stream once the server drains, so a keep-alive connection ends between requests;
-  /// a read in the middle of a request is never cut. See drain_wait_for_request.
+  /// a read in the middle of a request is never cut. See drain_wait_for_request. With
+  /// `watch` (the connection's: StreamRequestHandler passes it), such a read waits in recv()
+  /// as any other until the drain ends it through the watch; without, it also polls the
+  /// drain signal's descriptor.
   reader(socket_view sock, std::ptrdiff_t bufsize, std::size_t max_line_length = 0,
-         timeout_type timeout = std::nullopt, const detail::drain_signal* drain = nullptr)
+         timeout_type timeout = std::nullopt, const detail::drain_signal* drain = nullptr,
+         detail::boundary_watch* watch = nullptr)
       : sock_(sock),
         bufsize_(bufsize < 0 ? default_buffer_size : static_cast<std::size_t>(bufsize)),
         max_line_length_(max_line_length),
         timeout_(timeout),
-        drain_(drain) {}
+        drain_(drain),
+        watch_(watch) {}
 
   /// During a drain, how long a read at a request boundary still waits for a request, once
   /// per connection, unless the last reply is held back to leave with the end of stream (TCP,
@@ -252,8 +257,22 @@ class reader {
   std::size_t receive(char* buf, std::size_t n) {
     if (at_boundary_) {
       at_boundary_ = false;
-      if (drain_ != nullptr) return receive_request(buf, n);
+      if (drain_ != nullptr) {
+        // Until a drain starts, wait as any read does: the drain ends the wait through the
+        // connection's watch (boundary_watch), so the common case costs no system call more.
+        if (watch_ == nullptr || !watch_->begin_wait(sock_.fileno()))
+          return receive_request(buf, n);
+        struct end_of_wait {
+          detail::boundary_watch* watch;
+          ~end_of_wait() { watch->end_wait(); }
+        } ending{watch_};
+        return receive_within_deadline(buf, n);
+      }
     }
+    return receive_within_deadline(buf, n);
+  }
+
+  std::size_t receive_within_deadline(char* buf, std::size_t n) {
     if (!timeout_) return sock_.recv(buf, n);
     if (timeout_->count() > 0 && clock::now() >= deadline_)
       detail::throw_error(std::make_error_code(std::errc::timed_out), "recv");
@@ -325,8 +344,9 @@ class reader {
   bool eof_ = false;
   bool closed_ = false;
   const detail::drain_signal* drain_ = nullptr;
-  bool at_boundary_ = false;   // this read call waits for a new request
-  bool drain_waited_ = false;  // the one wait for a request during a drain is used
+  detail::boundary_watch* watch_ = nullptr;  // the connection's, watched by the drain
+  bool at_boundary_ = false;                 // this read call waits for a new request
+  bool drain_waited_ = false;                // the one wait for a request during a drain is used
 };
 
 /// Python's wfile: writes to a connected socket, all or nothing (partial sends are resumed),

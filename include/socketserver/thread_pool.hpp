@@ -291,7 +291,8 @@ class ThreadPoolMixIn : public Base {
     std::deque<job> unserved;
     {
       std::unique_lock<std::mutex> lock(mutex_);
-      if (!changed_.wait_until(lock, deadline, [&] { return queue_.empty() && serving_ == 0; })) {
+      if (!this->wait_for_drained(lock, changed_, deadline,
+                                  [&] { return queue_.empty() && serving_ == 0; })) {
         unserved.swap(queue_);
         cut += unserved.size();
         for (std::size_t i = 0; i < workers_.size(); ++i) cut += shut_down_served(serving_fds_[i]);

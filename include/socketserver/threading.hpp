@@ -121,7 +121,7 @@ class ThreadingMixIn : public Base {
     std::size_t cut = 0;
     {
       std::unique_lock<std::mutex> lock(mutex_);
-      if (!idle_.wait_until(lock, deadline, [&] { return active_ == 0; })) {
+      if (!this->wait_for_drained(lock, idle_, deadline, [&] { return active_ == 0; })) {
         for (task* t = running_.next; t != &running_; t = t->next)
           if (t->connection_fd >= 0 && ::shutdown(t->connection_fd, SHUT_RDWR) == 0) ++cut;
       }

@@ -1,20 +1,79 @@
 // SPDX-License-Identifier: MIT
 // The "a drain has started" signal a server gives its handlers' rfile and wfile: a flag for
 // the threads of this process, and a pipe (readable from then on) that wakes a read waiting
-// for the next request, also in the children a forking server has started.
+// for the next request in the children a forking server has started. In this process a
+// read waiting for the next request blocks in recv() as usual (no extra system call per
+// request): the drain ends that wait by shutting the connection down for reading
+// (release_waiters(), through the connection's boundary_watch).
 #pragma once
 
-#include <fcntl.h>     // O_CLOEXEC, O_NONBLOCK
-#include <poll.h>      // poll, pollfd, POLLIN
-#include <sys/stat.h>  // fstat, struct stat
-#include <unistd.h>    // pipe2, write, close
+#include <fcntl.h>       // O_CLOEXEC, O_NONBLOCK
+#include <poll.h>        // poll, pollfd, POLLIN
+#include <sys/socket.h>  // shutdown, SHUT_RD
+#include <sys/stat.h>    // fstat, struct stat
+#include <unistd.h>      // pipe2, write, close
 
 #include <atomic>  // std::atomic
+#include <mutex>   // std::mutex, std::lock_guard
+#include <thread>  // std::this_thread::yield
 
 #include "errno.hpp"
+#include "time.hpp"
 
 namespace socketserver {
 namespace detail {
+
+class drain_signal;
+
+/// One connection's reads at a request boundary, as the drain sees them: while its reader
+/// waits for the next request (in recv(), nothing buffered), the drain may end the wait by
+/// shutting the connection down for reading: recv() then returns end of stream, or the
+/// request that was already there. StreamRequestHandler keeps one per connection.
+class boundary_watch {
+ public:
+  boundary_watch() = default;
+  boundary_watch(const boundary_watch&) = delete;
+  boundary_watch& operator=(const boundary_watch&) = delete;
+  ~boundary_watch() { unwatch(); }
+
+  /// Makes the connection visible to `signal`'s release_waiters() (once per connection).
+  inline void watch(const drain_signal& signal);
+  /// The connection ends: the drain no longer sees it.
+  inline void unwatch() noexcept;
+
+  /// The reader is about to wait in recv() on `fd` for the next request. False when the
+  /// drain has started already (or the watch is not in use here): then it must not block
+  /// there, but wait on the signal's descriptor too.
+  inline bool begin_wait(int fd) noexcept;
+  /// The wait is over; returns whether the drain ended it (shut the connection down).
+  bool end_wait() noexcept {
+    int state = waiting_.load();
+    for (;;) {
+      if (state == being_released) {  // release_waiters() is in shutdown(): a system call
+        std::this_thread::yield();
+        state = waiting_.load();
+      } else if (waiting_.compare_exchange_weak(state, not_waiting)) {
+        return state == released;
+      }
+    }
+  }
+
+ private:
+  friend class drain_signal;
+  static constexpr int not_waiting = -1, being_released = -2, released = -3;
+  // Shuts the waiting connection down for reading (drain_signal's lock held).
+  void release() noexcept {
+    int fd = waiting_.load();
+    if (fd < 0 || !waiting_.compare_exchange_strong(fd, being_released)) return;
+    ::shutdown(fd, SHUT_RD);
+    waiting_.store(released);  // the reader closes the descriptor only after this
+  }
+
+  std::atomic<int> waiting_{not_waiting};  // the descriptor while the reader waits
+  const drain_signal* signal_ = nullptr;   // watched by this signal (in its list)
+  boundary_watch* prev_ = this;
+  boundary_watch* next_ = this;
+};
 
 class drain_signal {
  public:
@@ -35,8 +94,9 @@ class drain_signal {
 
   /// Raises the signal: started() from now on, fileno() readable. Safe from any thread.
   void start() noexcept {
-    started_.store(true, std::memory_order_release);
-    const char one = 1;  // never read: the pipe stays readable, for every waiter
+    started_at_ = clock::now();
+    started_.store(true);  // sequentially consistent: see boundary_watch::begin_wait()
+    const char one = 1;    // never read: the pipe stays readable, for every waiter
     (void)retry_on_eintr([&] { return ::write(write_fd_, &one, 1); });
   }
 
@@ -62,14 +122,59 @@ class drain_signal {
   /// Marks a forked request child, which shares the pipe with its parent (the parent's
   /// start() shows only there).
   void inherited() noexcept { inherited_ = true; }
+  bool is_inherited() const noexcept { return inherited_; }
+
+  /// When start() was called (in this process).
+  clock::time_point started_at() const noexcept { return started_at_; }
+
+  /// Ends the waits for a next request of this process's connections (boundary_watch): each
+  /// is shut down for reading. drain() calls it once the connections have had their chance
+  /// to send a request that was on its way.
+  void release_waiters() const noexcept {
+    std::lock_guard<std::mutex> lock(watches_mutex_);
+    for (boundary_watch* w = watches_.next_; w != &watches_; w = w->next_) w->release();
+  }
 
  private:
+  friend class boundary_watch;
   std::atomic<bool> started_{false};
+  mutable std::mutex watches_mutex_;  // the list of watched connections
+  mutable boundary_watch watches_;    // its sentinel
   bool inherited_ = false;
+  clock::time_point started_at_{};
   int read_fd_ = -1;
   int write_fd_ = -1;
   ino_t inode_ = 0;
 };
+
+inline void boundary_watch::watch(const drain_signal& signal) {
+  unwatch();
+  std::lock_guard<std::mutex> lock(signal.watches_mutex_);
+  boundary_watch& head = signal.watches_;
+  prev_ = head.prev_;
+  next_ = &head;
+  head.prev_->next_ = this;
+  head.prev_ = this;
+  signal_ = &signal;
+}
+
+inline void boundary_watch::unwatch() noexcept {
+  if (signal_ == nullptr) return;
+  std::lock_guard<std::mutex> lock(signal_->watches_mutex_);
+  prev_->next_ = next_;
+  next_->prev_ = prev_;
+  prev_ = next_ = this;
+  signal_ = nullptr;
+}
+
+inline bool boundary_watch::begin_wait(int fd) noexcept {
+  // A forked child's copy of the list is not the one its parent's drain walks.
+  if (signal_ == nullptr || signal_->is_inherited()) return false;
+  waiting_.store(fd);  // then look at the signal: either this sees the drain started, or
+  if (!signal_->started_.load()) return true;  // release_waiters() sees this wait
+  waiting_.store(not_waiting);
+  return false;
+}
 
 }  // namespace detail
 }  // namespace socketserver
