@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
-// Behaviour every server type shares, checked for all twelve: the four synchronous servers
-// and the eight threading/forking ones (CPython's test_socketserver, case by case).
+// Behaviour every server type shares, checked for all sixteen: the four synchronous servers
+// and the twelve threading/forking/pool ones (CPython's test_socketserver, case by case).
 #include <atomic>
 #include <string>
 #include <thread>

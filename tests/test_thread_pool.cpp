@@ -102,12 +102,10 @@ struct DatagramEcho : socketserver::DatagramRequestHandler<> {
   void handle() { wfile.write(rfile.read()); }
 };
 
-template <template <class, class> class Server, bool Stream, int Family>
-using PoolKind = test::Kind<Server, Stream, Family, test::Concurrency::threading>;
-using PoolTCP = PoolKind<socketserver::thread_pool_tcp_server_t, true, AF_INET>;
-using PoolUDP = PoolKind<socketserver::thread_pool_udp_server_t, false, AF_INET>;
-using PoolUnixStream = PoolKind<socketserver::thread_pool_unix_stream_server_t, true, AF_UNIX>;
-using PoolUnixDatagram = PoolKind<socketserver::thread_pool_unix_datagram_server_t, false, AF_UNIX>;
+using test::PoolTCP;
+using test::PoolUDP;
+using test::PoolUnixDatagram;
+using test::PoolUnixStream;
 
 socketserver::socket send_line(const socketserver::address& to, const std::string& line) {
   socketserver::socket c = test::connect_to(to);
@@ -143,6 +141,7 @@ TEST_CASE("a full thread pool queue stops accepting until a worker is free", "[t
   GatedPool::server_type server({"127.0.0.1", 0});
   server.pool_size = 2;
   server.queue_size = 1;
+  server.max_pool_size = server.pool_size;  // a fixed pool: the rest wait in the queue
   test::Serving<GatedPool::server_type> serving(server);
   std::vector<socketserver::socket> clients;
   for (int i = 0; i < 5; ++i)
@@ -164,6 +163,7 @@ TEST_CASE("server_close drains queued requests by default", "[thread_pool]") {
   GatedPool::server_type server({"127.0.0.1", 0});
   server.pool_size = 1;
   server.queue_size = 4;
+  server.max_pool_size = server.pool_size;  // a fixed pool: the rest wait in the queue
   std::vector<socketserver::socket> clients;
   {
     test::Serving<GatedPool::server_type> serving(server);
@@ -186,6 +186,7 @@ TEST_CASE("drain_on_close = false closes queued requests unserved", "[thread_poo
   GatedPool::server_type server({"127.0.0.1", 0});
   server.pool_size = 1;
   server.queue_size = 4;
+  server.max_pool_size = server.pool_size;  // a fixed pool: the rest wait in the queue
   server.drain_on_close = false;
   server.release_on_shutdown_request = true;
   std::vector<socketserver::socket> clients;
@@ -424,4 +425,103 @@ TEST_CASE("ThreadingMixIn::max_threads bounds the running request threads", "[th
   server.gate.release();
   for (int i = 0; i < 4; ++i)
     CHECK(test::recv_all(clients[static_cast<std::size_t>(i)]) == "t" + std::to_string(i) + "\n");
+}
+
+namespace {
+
+// Echoes lines until the client closes: a keep-alive connection, idle while it sends nothing.
+struct KeepAliveEcho : socketserver::StreamRequestHandler<> {
+  void handle() {
+    for (std::string line = rfile.readline(); !line.empty(); line = rfile.readline())
+      wfile.write(line);
+  }
+};
+
+}  // namespace
+
+TEST_CASE("a pool grows past idle connections and shrinks back when idle", "[thread_pool]") {
+  socketserver::ThreadPoolTCPServer<KeepAliveEcho> server({"127.0.0.1", 0});
+  server.pool_size = 2;
+  server.max_pool_size = 4;
+  server.idle_timeout = 50ms;
+  const int threads_before = test::thread_count();
+  test::Serving<decltype(server)> serving(server);
+  // Two clients connect and send nothing (no handler timeout): both workers wait on them.
+  std::vector<socketserver::socket> idle;
+  for (int i = 0; i < 2; ++i) idle.push_back(test::connect_to(server.server_address));
+  REQUIRE(test::eventually([&] { return server.busy() == 2; }));
+  // A third is served all the same (before: queued behind the idle two, forever).
+  socketserver::socket third = test::connect_to(server.server_address);
+  third.settimeout(5s);
+  third.sendall("third\n");
+  CHECK(third.recv(64) == "third\n");
+  CHECK(server.stats().pool_grown >= 1);
+  CHECK(server.stats().queued == 0);
+  CHECK(server.stats().pool_threads >= 4);
+  third.close();
+  for (socketserver::socket& s : idle) s.close();
+  // Idle again: the workers beyond pool_size leave (idle_timeout), the spare stays.
+  CHECK(test::eventually([&] { return server.stats().pool_threads == 3; }));
+  CHECK(test::eventually([&] { return test::thread_count() == threads_before + 1 + 3; }));
+  // And it still grows when it must.
+  for (int i = 0; i < 2; ++i)
+    idle[static_cast<std::size_t>(i)] = test::connect_to(server.server_address);
+  REQUIRE(test::eventually([&] { return server.busy() == 2; }));
+  socketserver::socket fourth = send_line(server.server_address, "fourth\n");
+  fourth.shutdown(SHUT_WR);
+  CHECK(test::recv_all(fourth) == "fourth\n");
+}
+
+namespace {
+
+// Reads one line within a 200 ms timeout, and reports how the read ended.
+struct TimedServer;
+struct TimedHandler : socketserver::StreamRequestHandler<TimedServer> {
+  static constexpr auto timeout = std::chrono::milliseconds(200);
+  void handle();
+};
+struct TimedServer : socketserver::ThreadPoolTCPServer<TimedHandler, TimedServer> {
+  using base = socketserver::ThreadPoolTCPServer<TimedHandler, TimedServer>;
+  using base::base;
+  Gate gate;
+};
+void TimedHandler::handle() {
+  std::string reply;
+  try {
+    reply = rfile.readline();
+    if (reply == "hold\n") server.gate.pass();
+  } catch (const std::system_error& e) {
+    if (e.code() != std::errc::timed_out) throw;
+    reply = "timed out\n";
+  }
+  wfile.write(reply);
+}
+
+}  // namespace
+
+TEST_CASE("a request's wait in a pool's queue counts toward its handler's timeout",
+          "[thread_pool]") {
+  TimedServer server({"127.0.0.1", 0});
+  server.pool_size = 1;
+  server.max_pool_size = 1;  // a fixed pool: the second request must wait in the queue
+  test::Serving<TimedServer> serving(server);
+  socketserver::socket holder = send_line(server.server_address, "hold\n");
+  REQUIRE(server.gate.wait_entered(1));  // the one worker is busy (not in I/O)
+  // The second client's line is there at once; only the queue makes it wait.
+  socketserver::socket queued = send_line(server.server_address, "queued\n");
+  REQUIRE(test::eventually([&] { return server.queued() == 1; }));
+  const auto queued_since = std::chrono::steady_clock::now();
+  // Longer than the handler's timeout in the queue (the time is what is tested).
+  REQUIRE(test::eventually([&] { return std::chrono::steady_clock::now() - queued_since > 400ms; },
+                           5s));
+  server.gate.release();
+  CHECK(test::recv_all(holder) == "hold\n");
+  // Its handler's first read times out although its line was there all along.
+  CHECK(test::recv_all(queued) == "timed out\n");
+  CHECK(server.stats().queued == 1);
+  CHECK(server.stats().pool_grown == 0);
+  // A request that did not wait reads as usual.
+  socketserver::socket prompt = send_line(server.server_address, "prompt\n");
+  prompt.shutdown(SHUT_WR);
+  CHECK(test::recv_all(prompt) == "prompt\n");
 }

@@ -48,10 +48,10 @@ class any_server {
   /// from a handler of a synchronous server), which would otherwise wait for itself forever.
   void shutdown() {
     std::unique_lock<std::mutex> lock(mutex_);
-    if (serving_ && serving_thread_ == std::this_thread::get_id())
+    if ((serving_ && serving_thread_ == std::this_thread::get_id()) || in_loop_hooks_ == this)
       throw std::logic_error(
-          "shutdown() called from the thread running serve_forever(): it would wait for itself "
-          "forever; call it from another thread");
+          "shutdown() called from the thread running serve_forever() (or a pool worker in its "
+          "loop's hooks): it would wait for itself forever; call it from another thread");
     shutdown_request_ = true;
     wakeup_.notify();
     // Nothing serving, and a loop has already ended: return at once, as CPython does. The
@@ -71,6 +71,9 @@ class any_server {
     s.disconnects = counters_.disconnects.load(std::memory_order_relaxed);
     s.timeouts = counters_.timeouts.load(std::memory_order_relaxed);
     s.get_request_errors = counters_.get_request_errors.load(std::memory_order_relaxed);
+    s.queued = counters_.queued.load(std::memory_order_relaxed);
+    s.pool_grown = counters_.pool_grown.load(std::memory_order_relaxed);
+    s.pool_threads = counters_.pool_threads.load(std::memory_order_relaxed);
     // Read last: a request counted completed is then also counted accepted.
     s.completed = counters_.completed.load(std::memory_order_acquire);
     if (s.completed + s.rejected > s.accepted) s.accepted = s.completed + s.rejected;
@@ -126,7 +129,7 @@ class any_server {
   // The counters behind stats(); the server layers count what they see.
   struct counters {
     std::atomic<std::uint64_t> accepted{0}, rejected{0}, completed{0}, errors{0}, disconnects{0},
-        timeouts{0}, get_request_errors{0};
+        timeouts{0}, get_request_errors{0}, queued{0}, pool_grown{0}, pool_threads{0};
   };
   void count(std::atomic<std::uint64_t>& counter) noexcept {
     counter.fetch_add(1, std::memory_order_relaxed);
@@ -155,6 +158,9 @@ class any_server {
   detail::wakeup wakeup_;
   // Raised by drain(); shared with forked request children (not with prefork workers).
   detail::drain_signal drain_signal_;
+  // Set on a thread while it runs this server's loop hooks other than in serve_forever()'s
+  // thread (a ThreadPoolMixIn leader): shutdown() from there would wait for itself too.
+  inline static thread_local const any_server* in_loop_hooks_ = nullptr;
   // The Unix socket file this server created and removes when it closes.
   std::string owned_path_;
 

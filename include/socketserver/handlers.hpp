@@ -5,6 +5,7 @@
 #include <netinet/in.h>   // IPPROTO_TCP
 #include <netinet/tcp.h>  // TCP_NODELAY
 
+#include <chrono>        // std::chrono::duration_cast
 #include <cstddef>       // std::size_t, std::ptrdiff_t
 #include <stdexcept>     // std::logic_error
 #include <string>        // std::string
@@ -16,6 +17,7 @@
 #include "any_server.hpp"
 #include "datagram.hpp"
 #include "detail/exceptions.hpp"
+#include "detail/time.hpp"
 #include "io.hpp"
 #include "socket.hpp"
 
@@ -38,7 +40,15 @@ struct handler_context {
   const address* client_address;
   void* server;
   const stream_options* stream;
+  clock::time_point queued_at;  // when the request began to wait for a thread ({}: it did not)
 };
+
+// Set by a server that queued the request now being handled (ThreadPoolMixIn), around
+// process_request_thread(): the handler's timeout counts from then.
+inline clock::time_point& request_queued_at() noexcept {
+  static thread_local clock::time_point at{};
+  return at;
+}
 
 inline const handler_context*& current_handler_context() noexcept {
   static thread_local const handler_context* context = nullptr;
@@ -92,7 +102,8 @@ void run_handler(Request& request, const address& client_address, Server& server
     options = stream_options_of<Handler>();
     stream = &options;
   }
-  const handler_context context{&request, &client_address, typed_server, stream};
+  const handler_context context{&request, &client_address, typed_server, stream,
+                                request_queued_at()};
   const handler_context*& current = current_handler_context();
   const handler_context* saved = current;
   current = &context;
@@ -202,6 +213,10 @@ class StreamRequestHandler : public BaseRequestHandler<socket, Server>,
     boundary_.watch(*drain);
     rfile = reader(connection, options_.rbufsize, options_.max_line_length, options_.timeout, drain,
                    &boundary_);
+    // Time spent queued for a worker counts toward the first read's timeout.
+    if (options_.timeout && queued_at_ != detail::clock::time_point{})
+      rfile.limit_next_deadline(
+          queued_at_ + std::chrono::duration_cast<detail::clock::duration>(*options_.timeout));
     wfile = writer(connection, options_.wbufsize, options_.timeout, drain);
   }
 
@@ -217,11 +232,14 @@ class StreamRequestHandler : public BaseRequestHandler<socket, Server>,
 
  protected:
   StreamRequestHandler()
-      : connection(this->request), options_(*detail::require_handler_context().stream) {}
+      : connection(this->request),
+        options_(*detail::require_handler_context().stream),
+        queued_at_(detail::require_handler_context().queued_at) {}
 
  private:
   detail::stream_options options_;
   detail::boundary_watch boundary_;  // the drain ends rfile's wait for a next request
+  detail::clock::time_point queued_at_;
 };
 
 /// A handler for datagram servers (Python's DatagramRequestHandler): rfile reads the

@@ -69,6 +69,12 @@ class reader {
   /// as the drain began, is still served; an idle one holds the drain no longer than this.
   static constexpr std::chrono::milliseconds drain_wait_for_request{1000};
 
+  /// With a timeout: the next read(), readline() or readlines() ends by `deadline` at the
+  /// latest (a request's timeout that began before the reader, as a pool's queue wait).
+  void limit_next_deadline(detail::clock::time_point deadline) noexcept {
+    first_deadline_ = deadline;
+  }
+
   /// Reads up to `size` bytes, fewer only at end of stream; size < 0 reads to end of stream.
   std::string read(std::ptrdiff_t size = -1) {
     check_open();
@@ -245,8 +251,11 @@ class reader {
 
   // A read call starts: its deadline, and whether it waits for a new request.
   void start_operation() {
-    if (timeout_) deadline_ = detail::deadline_after(timeout_);
     at_boundary_ = begin_ == end_;
+    if (!timeout_) return;
+    deadline_ = detail::deadline_after(timeout_);
+    if (first_deadline_ < deadline_) deadline_ = first_deadline_;
+    first_deadline_ = clock::time_point::max();
   }
 
   // recv() within the current operation's deadline: try without blocking, then wait for
@@ -338,6 +347,7 @@ class reader {
   std::size_t max_line_length_ = 0;
   timeout_type timeout_;
   clock::time_point deadline_{};
+  clock::time_point first_deadline_ = clock::time_point::max();
   std::string buffer_;
   std::size_t begin_ = 0;  // unread bytes are buffer_[begin_, end_)
   std::size_t end_ = 0;

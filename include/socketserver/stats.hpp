@@ -21,6 +21,13 @@ struct server_stats {
   /// counted in errors.
   std::uint64_t timeouts = 0;
   std::uint64_t get_request_errors = 0;  ///< get_request() failures reported (not transient)
+  /// ThreadPoolMixIn: requests that waited in the queue for a worker (every one of
+  /// max_pool_size busy: the pool is starved).
+  std::uint64_t queued = 0;
+  /// ThreadPoolMixIn: workers started beyond pool_size because every worker was serving.
+  std::uint64_t pool_grown = 0;
+  /// ThreadPoolMixIn: worker threads now (pool_size + 1 when not grown); 0 for other servers.
+  std::uint64_t pool_threads = 0;
   /// Accepted, not rejected, not yet completed: being processed or queued.
   std::uint64_t active() const noexcept { return accepted - rejected - completed; }
 };

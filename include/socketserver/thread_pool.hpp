@@ -31,6 +31,7 @@
 #include "detail/poll.hpp"
 #include "detail/time.hpp"
 #include "detail/wakeup.hpp"
+#include "handlers.hpp"  // detail::request_queued_at
 #include "socket.hpp"
 
 namespace socketserver {
@@ -112,9 +113,14 @@ constexpr bool redefines_loop_hooks =
 /// handle_get_request_error() one at a time when Derived redefines any of them, as one loop
 /// would; the library's own are safe to call at once, and are.
 ///
-/// Only when pool_size requests are being served does a leader (the one spare thread) queue
-/// what it accepts, for the next worker that is free. The thread that called serve_forever()
-/// returns promptly after shutdown(), whatever the workers are serving.
+/// When every worker is serving (say, waiting on peers that send nothing), the leader (the one
+/// spare thread) starts one more worker and serves what it accepted, so a pool never stops
+/// serving behind idle connections; up to max_pool_size workers serve at once, and those
+/// beyond pool_size exit after idle_timeout without work. Only at max_pool_size does a
+/// leader queue what it accepts, for the next worker that is free; the time a request waits
+/// there counts toward its handler's timeout (StreamRequestHandler::timeout: rfile's first
+/// read ends that much sooner). stats() shows both: pool_grown, pool_threads and queued. The thread
+/// that called serve_forever() returns promptly after shutdown(), whatever the workers are serving.
 ///
 /// A stream server stops accepting (closes its socket) before it drains; a datagram server
 /// drains first, so no reply goes out on a closed socket.
@@ -127,6 +133,14 @@ class ThreadPoolMixIn : public Base {
   std::size_t queue_size = 64;
   bool drain_on_close = true;
   std::chrono::duration<double> handoff_after{0.002};
+  /// Most requests served at once: beyond pool_size, a worker is started whenever every
+  /// worker is serving (one thread per connection, as ThreadingMixIn, for long-lived ones).
+  /// 1024 lets a few hundred keep-alive clients in (redis-benchmark -c 50, ab -k -c 100) and
+  /// costs, per thread, its stack's address space (8 MiB reserved, only what it touches
+  /// resident) and a few KiB. Set it to pool_size for a fixed pool (CPU-bound handlers).
+  std::size_t max_pool_size = 1024;
+  /// How long a worker beyond pool_size may wait for work before it exits.
+  std::chrono::duration<double> idle_timeout{30.0};
 
   using Base::Base;
   ThreadPoolMixIn(const ThreadPoolMixIn&) = delete;
@@ -154,8 +168,9 @@ class ThreadPoolMixIn : public Base {
     const bool nonblocking = !detail::is_stream<request_type> || nonblocking_socket.nonblocking();
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      if (workers_.empty()) start_workers();
+      if (slot_count_ == 0) start_workers();
       poll_interval_ = poll_interval;
+      idle_timeout_ = std::max(idle_timeout, std::chrono::duration<double>::zero());
       handoff_after_ = std::max(handoff_after, std::chrono::duration<double>::zero());
       lane_count_ = std::min(max_lanes_, std::max<std::size_t>(1, pool_size) + 1);
       for (std::size_t i = 0; i < lane_count_; ++i)  // one lane open; the counts go on
@@ -233,14 +248,18 @@ class ThreadPoolMixIn : public Base {
   void process_request(request_type& request, const address& client_address) {
     std::unique_lock<std::mutex> lock(mutex_);
     if (!leading_) {  // handle_request() on a caller's thread: hand it to a worker
-      if (workers_.empty()) start_workers();
+      if (slot_count_ == 0) start_workers();
+      if (serving_ + queue_.size() >= capacity_) grow();
       enqueue(lock, request, client_address);
       return;
     }
     job next;
-    if (serving_ >= std::max<std::size_t>(1, pool_size) || !queue_.empty()) {
+    // Every worker serving (waiting on idle peers, perhaps): one more, rather than a queue
+    // that nothing may ever empty. (Off the fast path: a free slot skips this.)
+    if (serving_ >= capacity_ && queue_.empty()) grow();
+    if (serving_ >= capacity_ || !queue_.empty()) {
       enqueue(lock, request, client_address);  // the leader keeps accepting
-      if (serving_ >= std::max<std::size_t>(1, pool_size) || !accepting_) return;
+      if (serving_ >= capacity_ || !accepting_) return;
       next = take_queued();  // in order: the oldest first, and lead again for the new one
     } else {
       next = job{std::move(request), client_address};
@@ -295,7 +314,7 @@ class ThreadPoolMixIn : public Base {
                                   [&] { return queue_.empty() && serving_ == 0; })) {
         unserved.swap(queue_);
         cut += unserved.size();
-        for (std::size_t i = 0; i < workers_.size(); ++i) cut += shut_down_served(serving_fds_[i]);
+        for (std::size_t i = 0; i < slot_count_; ++i) cut += shut_down_served(slots_[i].serving_fd);
       }
     }
     room_.notify_all();
@@ -326,29 +345,117 @@ class ThreadPoolMixIn : public Base {
   struct job {
     request_type request;
     address client_address;
+    detail::clock::time_point queued_at{};  // when it was queued ({}: never)
+  };
+
+  // A worker thread's place: its thread, and the descriptor it serves (for drain()).
+  struct worker_slot {
+    std::atomic<int> serving_fd{no_fd};
+    std::thread thread;    // joinable until stop_workers() or grow() reusing the slot joins it
+    bool running = false;  // in work(); a slot neither running nor joinable is free
   };
 
   // --- The workers (all with mutex_ held unless said otherwise) ---------------------------
 
+  // Starts pool_size workers and the spare: capacity_ requests served at once, by as many
+  // workers plus one that accepts.
   void start_workers() {
     stopping_ = false;
-    const std::size_t n = std::max<std::size_t>(1, pool_size) + 1;  // one spare to accept
-    serving_fds_.reset(new std::atomic<int>[n]);
-    for (std::size_t i = 0; i < n; ++i) serving_fds_[i].store(no_fd);
-    workers_.reserve(n);
+    base_capacity_ = std::max<std::size_t>(1, pool_size);
+    slot_count_ = std::max(base_capacity_, max_pool_size) + 1;
+    slots_.reset(new worker_slot[slot_count_]);
+    capacity_ = 0;
+    threads_ = 0;
+    idle_timeout_ = std::max(idle_timeout, std::chrono::duration<double>::zero());
     try {
-      for (std::size_t i = 0; i < n; ++i)
-        workers_.emplace_back([this, i] { work(serving_fds_[i]); });
+      for (std::size_t i = 0; i <= base_capacity_; ++i) start_worker(i);
     } catch (detail::forced_unwind&) {
       throw;
     } catch (...) {
-      if (workers_.empty()) throw;  // serve with the workers that did start
+      if (threads_ == 0) {
+        slot_count_ = 0;
+        throw;
+      }
     }
+    capacity_ = std::max<std::size_t>(1, threads_ - 1);  // serve with the workers that started
   }
 
-  void work(std::atomic<int>& slot) {
-    serving_fd_ = &slot;
+  void start_worker(std::size_t i) {
+    slots_[i].thread = std::thread([this, i] { work(i); });
+    slots_[i].running = true;
+    ++threads_;
+    this->counters_.pool_threads.store(threads_, std::memory_order_relaxed);
+  }
+
+  // Every worker is serving: start one more, up to max_pool_size (false when it cannot).
+  bool grow() {
+    if (stopping_ || capacity_ + 1 >= slot_count_) return false;
+    for (std::size_t i = 0; i < slot_count_; ++i) {
+      worker_slot& slot = slots_[i];
+      if (slot.running) continue;
+      // A worker that left: it only unlocks mutex_ and returns after marking its slot.
+      if (slot.thread.joinable()) slot.thread.join();
+      try {
+        start_worker(i);
+      } catch (detail::forced_unwind&) {
+        throw;
+      } catch (...) {
+        return false;  // no thread to be had: the request waits in the queue
+      }
+      ++capacity_;
+      this->count(this->counters_.pool_grown);
+      return true;
+    }
+    return false;
+  }
+
+  // A worker beyond pool_size found no work for idle_timeout: it leaves if a spare remains.
+  bool retire() {
+    if (stopping_ || threads_ <= base_capacity_ + 1 || serving_ >= capacity_ || !queue_.empty())
+      return false;
+    --capacity_;
+    --threads_;
+    this->counters_.pool_threads.store(threads_, std::memory_order_relaxed);
+    retiring_ = true;
+    return true;
+  }
+
+  // When an idle worker gives up waiting (time_point::max() while the pool is not grown).
+  detail::clock::time_point idle_deadline() const {
+    if (threads_ <= base_capacity_ + 1) return detail::clock::time_point::max();
+    return detail::clock::now() +
+           std::chrono::duration_cast<detail::clock::duration>(idle_timeout_);
+  }
+
+  // Waits for `cv` until `until`; false once it has passed.
+  static bool wait_idle(std::condition_variable& cv, std::unique_lock<std::mutex>& lock,
+                        detail::clock::time_point until) {
+    if (until == detail::clock::time_point::max()) {
+      cv.wait(lock);
+      return true;
+    }
+    return cv.wait_until(lock, until) == std::cv_status::no_timeout;
+  }
+
+  void work(std::size_t slot) {
+    serving_fd_ = &slots_[slot].serving_fd;
     std::unique_lock<std::mutex> lock(mutex_);
+    struct leave {  // however the worker ends (a handler may end its thread): free the slot
+      ThreadPoolMixIn* pool;
+      std::size_t slot;
+      std::unique_lock<std::mutex>& lock;
+      ~leave() {
+        if (!lock.owns_lock()) lock.lock();
+        pool->slots_[slot].running = false;
+        if (retiring_) {
+          retiring_ = false;
+        } else if (!pool->stopping_) {  // ended by its handler: one worker less
+          --pool->threads_;
+          if (pool->capacity_ > 1) --pool->capacity_;
+          pool->counters_.pool_threads.store(pool->threads_, std::memory_order_relaxed);
+        }
+      }
+    } leaving{this, slot, lock};
     for (;;) {
       serve_queued(lock);
       if (stopping_ && queue_.empty()) return;
@@ -356,15 +463,17 @@ class ThreadPoolMixIn : public Base {
         lock.unlock();
         lead();
         lock.lock();
+        if (retiring_) return;
         continue;
       }
-      work_.wait(lock);
+      if (!wait_idle(work_, lock, idle_deadline()) && queue_.empty() && !accepting_ && retire())
+        return;
     }
   }
 
   // Serves queued requests while a serving slot is free.
   void serve_queued(std::unique_lock<std::mutex>& lock) {
-    while (!queue_.empty() && serving_ < std::max<std::size_t>(1, pool_size)) {
+    while (!queue_.empty() && serving_ < capacity_) {
       job next = take_queued();
       ++serving_;
       lock.unlock();
@@ -440,12 +549,14 @@ class ThreadPoolMixIn : public Base {
       return pool->lane_count_ > 1 || pool->derived().socket_shared();
     }
     void take_hooks_turn() {
+      pool->in_loop_hooks_ = pool;  // shutdown() from a hook would wait for this loop
       using derived_type = std::remove_reference_t<decltype(pool->derived())>;
       if (!detail::redefines_loop_hooks<derived_type, Base> || pool->lane_count_ <= 1) return;
       pool->hooks_.lock();
       in_hooks_ = true;
     }
     void end_hooks_turn() noexcept {
+      pool->in_loop_hooks_ = nullptr;
       if (!in_hooks_) return;
       in_hooks_ = false;
       pool->hooks_.unlock();
@@ -484,6 +595,7 @@ class ThreadPoolMixIn : public Base {
   // Waits for a free lane and takes it; false, without one, once the server stops accepting.
   bool take_loop() {
     std::unique_lock<std::mutex> lock(mutex_);  // accepting_ changes only under it
+    const auto idle_until = idle_deadline();
     for (;;) {
       if (!accepting_) {
         turn_.notify_all();  // serve_forever() may wait for a lane this thread just parked
@@ -497,7 +609,7 @@ class ThreadPoolMixIn : public Base {
           return true;
         }
       }
-      turn_.wait(lock);
+      if (!wait_idle(turn_, lock, idle_until) && retire()) return false;
     }
   }
 
@@ -645,7 +757,8 @@ class ThreadPoolMixIn : public Base {
     room_.wait(lock, [&] {
       return queue_.size() < std::max<std::size_t>(1, queue_size) || !accepting_ || stopping_;
     });
-    queue_.push_back(job{std::move(request), client_address});
+    queue_.push_back(job{std::move(request), client_address, detail::clock::now()});
+    this->count(this->counters_.queued);
     work_.notify_one();
   }
 
@@ -662,8 +775,13 @@ class ThreadPoolMixIn : public Base {
     serving_fd_->store(connection_fd(next.request), std::memory_order_release);
     struct forget_fd {
       ThreadPoolMixIn* pool;
-      ~forget_fd() { pool->forget_serving_fd(); }
+      ~forget_fd() {
+        detail::request_queued_at() = {};
+        pool->forget_serving_fd();
+      }
     } forgetting{this};
+    // A request that waited in the queue: its handler's timeout counts from then.
+    detail::request_queued_at() = next.queued_at;
     try {
       this->derived().process_request_thread(next.request, next.client_address);
     } catch (detail::forced_unwind&) {
@@ -719,13 +837,18 @@ class ThreadPoolMixIn : public Base {
       stopping_ = true;
       accepting_ = false;
       if (!drain_on_close) unserved.swap(queue_);
-      workers.swap(workers_);
+      for (std::size_t i = 0; i < slot_count_; ++i)
+        if (slots_[i].thread.joinable()) workers.push_back(std::move(slots_[i].thread));
     }
     work_.notify_all();
     room_.notify_all();
     turn_.notify_all();
     close_unserved(unserved);
     for (std::thread& t : workers) t.join();
+    std::lock_guard<std::mutex> lock(mutex_);
+    slot_count_ = 0;  // (slots_ stays until the next start: nothing uses it any more)
+    threads_ = 0;
+    this->counters_.pool_threads.store(0, std::memory_order_relaxed);
   }
 
   // Closes requests that no worker will serve; they count as failed (all of them, also if
@@ -755,12 +878,16 @@ class ThreadPoolMixIn : public Base {
   std::condition_variable room_;     // the queue has room, or the server stopped accepting
   std::condition_variable changed_;  // the loop was left, or the last request ended
   std::deque<job> queue_;
-  std::vector<std::thread> workers_;
-  std::unique_ptr<std::atomic<int>[]> serving_fds_;  // a slot per worker
-  std::size_t serving_ = 0;                          // requests being served
-  std::atomic<bool> accepting_{false};               // serve_forever() is running
-  std::condition_variable turn_;  // the loop was freed, or the server stopped accepting
-  std::mutex hooks_;              // held by the leader calling the hooks (lane_policy)
+  std::unique_ptr<worker_slot[]> slots_;  // max_pool_size + 1 places for workers
+  std::size_t slot_count_ = 0;            // of slots_; 0: no workers started
+  std::size_t threads_ = 0;               // workers running (capacity_ + 1 but for failures)
+  std::size_t capacity_ = 1;              // requests served at once: pool_size, grown
+  std::size_t base_capacity_ = 1;         // pool_size, for this run of the workers
+  std::chrono::duration<double> idle_timeout_{30.0};
+  std::size_t serving_ = 0;             // requests being served
+  std::atomic<bool> accepting_{false};  // serve_forever() is running
+  std::condition_variable turn_;        // the loop was freed, or the server stopped accepting
+  std::mutex hooks_;                    // held by the leader calling the hooks (lane_policy)
   const std::size_t max_lanes_ = std::max(1u, std::thread::hardware_concurrency());
   std::unique_ptr<std::atomic<std::uint64_t>[]> lanes_ {
     new std::atomic<std::uint64_t>[max_lanes_] {}
@@ -780,6 +907,7 @@ class ThreadPoolMixIn : public Base {
   inline static thread_local bool leading_ = false;   // this thread holds a lane of the loop
   inline static thread_local std::size_t lane_ = 0;   // which one
   inline static thread_local bool in_hooks_ = false;  // it holds hooks_
+  inline static thread_local bool retiring_ = false;  // this worker is leaving (retire())
   inline static thread_local std::uint64_t inline_token_ = 0;  // the lane while serving inline
   inline static thread_local detail::clock::time_point inline_until_{};  // and till
   inline static thread_local std::atomic<int>* serving_fd_ = nullptr;    // this worker's slot
