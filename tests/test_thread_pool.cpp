@@ -11,57 +11,14 @@
 
 #include "catch.hpp"
 #include "support/harness.hpp"
+#include "support/latches.hpp"
 
 namespace {
 
 using namespace std::chrono_literals;
 
-// Handlers that wait at a gate until the test opens it, so the test can fill the pool.
-struct Gate {
-  std::mutex mutex;
-  std::condition_variable changed;
-  int entered = 0;
-  bool open = false;
-
-  void pass() {
-    std::unique_lock<std::mutex> lock(mutex);
-    ++entered;
-    changed.notify_all();
-    changed.wait_for(lock, 20s, [&] { return open; });
-  }
-  bool wait_entered(int n) {
-    std::unique_lock<std::mutex> lock(mutex);
-    return changed.wait_for(lock, 20s, [&] { return entered >= n; });
-  }
-  void release() {
-    std::lock_guard<std::mutex> lock(mutex);
-    open = true;
-    changed.notify_all();
-  }
-};
-
-// A count that a test can wait for (process_request() calls, say).
-class Counter {
- public:
-  void add() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    ++count_;
-    changed_.notify_all();
-  }
-  bool wait_for(int n) {
-    std::unique_lock<std::mutex> lock(mutex_);
-    return changed_.wait_for(lock, 20s, [&] { return count_ >= n; });
-  }
-  int value() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return count_;
-  }
-
- private:
-  std::mutex mutex_;
-  std::condition_variable changed_;
-  int count_ = 0;
-};
+using test::Counter;
+using test::Gate;
 
 template <template <class, class> class Server>
 struct Gated {

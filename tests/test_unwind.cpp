@@ -19,6 +19,7 @@
 
 #include "catch.hpp"
 #include "support/hooked_server.hpp"
+#include "support/latches.hpp"
 #include "support/leaks.hpp"
 
 namespace {
@@ -56,49 +57,8 @@ struct ErrorLog {
   }
 };
 
-// A handler gate the test opens (a latch): handlers wait there until release().
-struct Gate {
-  std::mutex mutex;
-  std::condition_variable changed;
-  int entered = 0;
-  bool open = false;
-
-  void pass() {
-    std::unique_lock<std::mutex> lock(mutex);
-    ++entered;
-    changed.notify_all();
-    changed.wait_for(lock, 60s, [&] { return open; });
-  }
-  bool wait_entered(int n) {
-    std::unique_lock<std::mutex> lock(mutex);
-    return changed.wait_for(lock, 20s, [&] { return entered >= n; });
-  }
-  void release() {
-    std::lock_guard<std::mutex> lock(mutex);
-    open = true;
-    changed.notify_all();
-  }
-};
-
-// A count the test can wait for: process_request() calls, which tell that the serve loop
-// holds a request (and then waits for a slot if all are taken).
-class Counter {
- public:
-  void add() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    ++count_;
-    changed_.notify_all();
-  }
-  bool wait_for(int n) {
-    std::unique_lock<std::mutex> lock(mutex_);
-    return changed_.wait_for(lock, 20s, [&] { return count_ >= n; });
-  }
-
- private:
-  std::mutex mutex_;
-  std::condition_variable changed_;
-  int count_ = 0;
-};
+using test::Counter;
+using test::Gate;
 
 // A stream server of the given kind whose handler reads a line, says "entered" and then
 // waits: at the gate (threads), or for the client's second line (a forked child, which

@@ -281,16 +281,24 @@ class reader {
     return receive_within_deadline(buf, n);
   }
 
+  // One recv() that does not wait: true, with `got` set (0: end of stream), when it returned;
+  // false when it would have waited. Any other failure throws.
+  bool try_receive(char* buf, std::size_t n, std::size_t& got) {
+    std::error_code ec;
+    got = sock_.recv(buf, n, MSG_DONTWAIT, ec);
+    if (!ec) return true;
+    if (ec != std::errc::resource_unavailable_try_again && ec != std::errc::operation_would_block)
+      detail::throw_error(ec, "recv");
+    return false;
+  }
+
   std::size_t receive_within_deadline(char* buf, std::size_t n) {
     if (!timeout_) return sock_.recv(buf, n);
     if (timeout_->count() > 0 && clock::now() >= deadline_)
       detail::throw_error(std::make_error_code(std::errc::timed_out), "recv");
     for (;;) {
-      std::error_code ec;
-      const std::size_t got = sock_.recv(buf, n, MSG_DONTWAIT, ec);
-      if (!ec) return got;
-      if (ec != std::errc::resource_unavailable_try_again && ec != std::errc::operation_would_block)
-        detail::throw_error(ec, "recv");
+      std::size_t got = 0;
+      if (try_receive(buf, n, got)) return got;
       if (deadline_ <= clock::now() || !detail::wait_until(sock_.fileno(), POLLIN, deadline_))
         detail::throw_error(std::make_error_code(std::errc::timed_out), "recv");
     }
@@ -309,11 +317,8 @@ class reader {
     clock::time_point wait_until = clock::time_point::max();  // set while waiting in a drain
     int drain_fd = drain_->fileno();  // -1 if a forked child closed its copy
     for (;;) {
-      std::error_code ec;
-      const std::size_t got = sock_.recv(buf, n, MSG_DONTWAIT, ec);
-      if (!ec) return got;
-      if (ec != std::errc::resource_unavailable_try_again && ec != std::errc::operation_would_block)
-        detail::throw_error(ec, "recv");
+      std::size_t got = 0;
+      if (try_receive(buf, n, got)) return got;
       if (timeout_ && !timed)  // non-blocking mode
         detail::throw_error(std::make_error_code(std::errc::timed_out), "recv");
       if (wait_until == clock::time_point::max() && drain_->started()) {
