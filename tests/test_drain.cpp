@@ -134,6 +134,7 @@ TEMPLATE_TEST_CASE("drain cuts what is still running after the grace period", "[
 TEST_CASE("a pool's drain also cuts requests still queued", "[drain][thread_pool]") {
   QuietPool server({"127.0.0.1", 0});
   server.pool_size = 1;
+  server.max_pool_size = 1;  // no growth: the second request waits in the queue
   socketserver::socket busy, queued;
   {
     test::Serving<QuietPool> serving(server);

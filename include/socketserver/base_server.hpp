@@ -412,7 +412,8 @@ class BaseServer : public any_server {
   /// drain()'s wait for the requests in flight, until done() (checked under `lock`, signalled
   /// through `changed`) or `deadline`. Connections still waiting for their next request
   /// reader::drain_wait_for_request after the drain started are ended then: their reads
-  /// return end of stream (drain_signal::release_waiters()). Returns done().
+  /// return end of stream (drain_signal::release_waiters()); when the grace ends first they
+  /// are left for drain() to cut, and counted as cut. Returns done().
   template <class Condition, class Done>
   bool wait_for_drained(std::unique_lock<std::mutex>& lock, Condition& changed,
                         detail::clock::time_point deadline, Done done) {
@@ -420,6 +421,7 @@ class BaseServer : public any_server {
         deadline, drain_signal_.started_at() + std::chrono::duration_cast<detail::clock::duration>(
                                                    reader::drain_wait_for_request));
     if (changed.wait_until(lock, release_at, done)) return true;
+    if (release_at >= deadline) return false;  // the grace is over first: cut, not release
     lock.unlock();
     drain_signal_.release_waiters();
     lock.lock();
