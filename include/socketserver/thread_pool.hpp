@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
-// ThreadPoolMixIn: a fixed set of worker threads that take turns accepting, and a bounded
-// queue of accepted requests for when they are all busy.
+// ThreadPoolMixIn: the bounded pool of worker threads (the queue and its backpressure,
+// growth to max_pool_size and shrinking after idle_timeout, drain, stats). How its workers
+// take turns leading the serve loop (the lanes, the hand-on, the watcher) is
+// detail/leader_lanes.hpp's.
 #pragma once
 
 #include <poll.h>        // pollfd, POLLIN
@@ -11,7 +13,6 @@
 #include <chrono>              // std::chrono::duration
 #include <condition_variable>  // std::condition_variable
 #include <cstddef>             // std::size_t
-#include <cstdint>             // std::uint64_t
 #include <cstdio>              // std::fprintf
 #include <deque>               // std::deque
 #include <exception>           // std::exception_ptr, std::current_exception
@@ -25,9 +26,9 @@
 
 #include "address.hpp"
 #include "base_server.hpp"  // detail::is_stream, detail::has_nothrow_get_request
-#include "detail/blocking.hpp"
 #include "detail/exceptions.hpp"
 #include "detail/fd.hpp"
+#include "detail/leader_lanes.hpp"
 #include "detail/poll.hpp"
 #include "detail/time.hpp"
 #include "detail/wakeup.hpp"
@@ -109,9 +110,9 @@ constexpr bool redefines_loop_hooks =
 /// One leader runs the loop at first. The watcher lets another join (a lane per core) when
 /// in a whole handoff_after no leader found the backlog empty, and a leader that finds
 /// nothing to accept while another is accepting steps down: more leaders than requests only
-/// wake each other. The leaders call get_request(), verify_request(), service_actions() and
-/// handle_get_request_error() one at a time when Derived redefines any of them, as one loop
-/// would; the library's own are safe to call at once, and are.
+/// wake each other (the lanes: detail/leader_lanes.hpp). The leaders call get_request(),
+/// verify_request(), service_actions() and handle_get_request_error() one at a time when Derived
+/// redefines any of them, as one loop would; the library's own are safe to call at once, and are.
 ///
 /// When every worker is serving (say, waiting on peers that send nothing), the leader (the one
 /// spare thread) starts one more worker and serves what it accepted, so a pool never stops
@@ -171,12 +172,8 @@ class ThreadPoolMixIn : public Base {
       if (slot_count_ == 0) start_workers();
       poll_interval_ = poll_interval;
       idle_timeout_ = std::max(idle_timeout, std::chrono::duration<double>::zero());
-      handoff_after_ = std::max(handoff_after, std::chrono::duration<double>::zero());
-      lane_count_ = std::min(max_lanes_, std::max<std::size_t>(1, pool_size) + 1);
-      for (std::size_t i = 0; i < lane_count_; ++i)  // one lane open; the counts go on
-        lanes_[i].store((lanes_[i].load() & ~phase) | (i == 0 ? loop_free : parked));
-      open_lanes_.store(1);
-      listen_fd_.store(fd, std::memory_order_relaxed);
+      lanes_.open(std::max<std::size_t>(1, pool_size) + 1, fd,
+                  std::max(handoff_after, std::chrono::duration<double>::zero()));
       nonblocking_ = nonblocking;
       failure_ = nullptr;
       accepting_ = true;
@@ -188,29 +185,22 @@ class ThreadPoolMixIn : public Base {
     pollfd fds[4] = {{this->wakeup_.fileno(), POLLIN, 0},
                      {this->derived().stop_fileno(), POLLIN, 0},
                      {failed_.fileno(), POLLIN, 0},
-                     {busy_.fileno(), POLLIN, 0}};
-    std::vector<std::uint64_t> seen(lane_count_);
-    for (std::size_t i = 0; i < lane_count_; ++i) seen[i] = lanes_[i].load();
-    std::uint64_t accepted = this->counters_.accepted.load(), waits = waits_.load();
+                     {lanes_.watcher_wakeup().fileno(), POLLIN, 0}};
+    const auto watch_every = lanes_.handoff_after();
+    typename lanes::watcher watcher(lanes_, this->counters_.accepted.load());
     bool idle = false;
     while (!this->shutdown_requested()) {
       for (pollfd& p : fds) p.revents = 0;
-      const bool watching = !idle && handoff_after_.count() > 0;
+      const bool watching = !idle && watch_every.count() > 0;
       const int ready =
-          detail::poll_for(fds, 4, watching ? timeout_type(handoff_after_) : std::nullopt);
+          detail::poll_for(fds, 4, watching ? timeout_type(watch_every) : std::nullopt);
       if (fds[1].revents != 0 || fds[2].revents != 0) break;
-      if (fds[3].revents != 0) busy_.drain();
+      if (fds[3].revents != 0) lanes_.watcher_wakeup().drain();
       if (ready > 0) {  // busy again: watch from now
         idle = false;
-        for (std::size_t i = 0; i < lane_count_; ++i) seen[i] = lanes_[i].load();
+        watcher.look_again();
       } else {
-        // Requests taken and never a wait for one: the open lanes cannot keep up.
-        const std::uint64_t now_accepted = this->counters_.accepted.load();
-        const std::uint64_t now_waits = waits_.load();
-        if (now_accepted != accepted && now_waits == waits) open_lane();
-        accepted = now_accepted;
-        waits = now_waits;
-        idle = watch_lanes(seen);
+        idle = watcher.turn(this->counters_.accepted.load());
       }
     }
     std::unique_lock<std::mutex> lock(mutex_);
@@ -218,24 +208,13 @@ class ThreadPoolMixIn : public Base {
     lock.unlock();
     work_.notify_all();
     room_.notify_all();
-    turn_.notify_all();
-    // Wait for the leader to leave the loop; a worker serving a request with it in hand is
-    // not in the loop, and loses it now. A worker that wants the loop after this finds the
-    // server not accepting and leaves it alone, so no thread touches the socket any more.
+    lanes_.wake_all();
+    // Wait for the leaders to leave the loop (a leader serving a request inline loses its
+    // lane now), so that no thread touches the socket any more.
     lock.lock();
-    turn_.wait(lock, [this] {
-      bool left = true;
-      for (std::size_t i = 0; i < lane_count_; ++i) {
-        std::uint64_t token = lanes_[i].load();
-        if ((token & phase) == serving_inline)
-          lanes_[i].compare_exchange_strong(token, (token & ~phase) | loop_free);
-        if ((lanes_[i].load() & phase) == looping) left = false;
-      }
-      return left;
-    });
+    lanes_.wait_until_left(lock);
     std::exception_ptr failure = failure_;
     failure_ = nullptr;
-    listen_fd_.store(-1, std::memory_order_relaxed);
     lock.unlock();
     failed_.drain();
     if (failure) std::rethrow_exception(failure);
@@ -247,7 +226,7 @@ class ThreadPoolMixIn : public Base {
   /// request for a worker.
   void process_request(request_type& request, const address& client_address) {
     std::unique_lock<std::mutex> lock(mutex_);
-    if (!leading_) {  // handle_request() on a caller's thread: hand it to a worker
+    if (!lanes::leading()) {  // handle_request() on a caller's thread: hand it to a worker
       if (slot_count_ == 0) start_workers();
       if (serving_ + queue_.size() >= capacity_) grow();
       enqueue(lock, request, client_address);
@@ -275,7 +254,7 @@ class ThreadPoolMixIn : public Base {
     lock.unlock();
     // Lead again, still inside the loop this worker led: when the loop was handed on, taking
     // it back costs no more than the wake-up. If the server stopped accepting, the loop ends.
-    if (!leading_) leading_ = take_loop();
+    if (!lanes::leading()) take_lane();
   }
 
   /// Runs one request on a worker: finish_request(), handle_error() if it threw, then
@@ -326,7 +305,7 @@ class ThreadPoolMixIn : public Base {
   /// A prefork worker's own descriptors, not the supervisor's copies.
   void after_fork_in_child() {
     Base::after_fork_in_child();
-    busy_.reset();
+    lanes_.watcher_wakeup().reset();
     failed_.reset();
   }
 
@@ -427,16 +406,6 @@ class ThreadPoolMixIn : public Base {
            std::chrono::duration_cast<detail::clock::duration>(idle_timeout_);
   }
 
-  // Waits for `cv` until `until`; false once it has passed.
-  static bool wait_idle(std::condition_variable& cv, std::unique_lock<std::mutex>& lock,
-                        detail::clock::time_point until) {
-    if (until == detail::clock::time_point::max()) {
-      cv.wait(lock);
-      return true;
-    }
-    return cv.wait_until(lock, until) == std::cv_status::no_timeout;
-  }
-
   void work(std::size_t slot) {
     serving_fd_ = &slots_[slot].serving_fd;
     std::unique_lock<std::mutex> lock(mutex_);
@@ -466,7 +435,8 @@ class ThreadPoolMixIn : public Base {
         if (retiring_) return;
         continue;
       }
-      if (!wait_idle(work_, lock, idle_deadline()) && queue_.empty() && !accepting_ && retire())
+      if (!detail::wait_idle(work_, lock, idle_deadline()) && queue_.empty() && !accepting_ &&
+          retire())
         return;
     }
   }
@@ -500,19 +470,18 @@ class ThreadPoolMixIn : public Base {
     if (stopping_) work_.notify_all();         // the last queued request is done: exit
   }
 
+  // --- The leaders (detail/leader_lanes.hpp) ------------------------------------------------
+
+  using lanes = detail::leader_lanes<ThreadPoolMixIn>;
+
   // Waits for a lane of the loop, then runs the loop while the server accepts.
   // process_request() hands the lane on, and takes one back, from inside the loop; the loop
   // ends when the server stops accepting (mutex_ not held).
   void lead() {
-    if (!take_loop()) return;
-    leading_ = true;
+    if (!take_lane()) return;
     struct leave_loop {  // also when a handler ends this worker's thread (forced unwind)
       ThreadPoolMixIn* pool;
-      ~leave_loop() {
-        if (!leading_) return;
-        leading_ = false;
-        pool->free_lane();
-      }
+      ~leave_loop() { pool->lanes_.leave(); }
     } leaving{this};
     try {
       this->serve_loop(poll_interval_, lane_policy{this});
@@ -525,229 +494,39 @@ class ThreadPoolMixIn : public Base {
     }
   }
 
-  // --- The loop's lanes --------------------------------------------------------------------
-  // Up to one worker per core (lane_count_) runs the serve loop at once, each holding one
-  // lane's token (lanes_[i]): the holder's phase in the low two bits, free (for a worker to
-  // take), looping (in serve_loop(): polling, accepting), serving_inline (serving a request
-  // it accepted, with the lane in hand, which another thread may take from it) or parked
-  // (closed while there are more leaders than requests); above them, a count of the requests
-  // served inline, which tells the watcher one long request from many short ones. The
-  // leaders take turns for the hooks that Derived redefines (lane_policy), as one loop would
-  // call them.
-
-  static constexpr std::uint64_t loop_free = 0, looping = 1, serving_inline = 2, parked = 3,
-                                 phase = 3, next_request = 4;
+  // Waits for a free lane and takes it (this thread leads); false, without one, once the
+  // server stops accepting, or when a worker beyond pool_size retires waiting for one.
+  bool take_lane() {
+    std::unique_lock<std::mutex> lock(mutex_);  // accepting_ changes only under it
+    return lanes_.take(lock, idle_deadline(), [this] { return retire(); });
+  }
 
   struct lane_policy {  // how a leader runs serve_loop() (see BaseServer::one_loop)
     ThreadPoolMixIn* pool;
     bool keep_going() const noexcept {
-      return leading_ && pool->accepting_.load(std::memory_order_acquire) &&
+      return lanes::leading() && pool->accepting_.load(std::memory_order_acquire) &&
              !pool->shutdown_requested();
     }
     bool socket_nonblocking() const noexcept { return pool->nonblocking_; }
     bool shared() const noexcept {
-      return pool->lane_count_ > 1 || pool->derived().socket_shared();
+      return pool->lanes_.count() > 1 || pool->derived().socket_shared();
     }
     void take_hooks_turn() {
       pool->in_loop_hooks_ = pool;  // shutdown() from a hook would wait for this loop
       using derived_type = std::remove_reference_t<decltype(pool->derived())>;
-      if (!detail::redefines_loop_hooks<derived_type, Base> || pool->lane_count_ <= 1) return;
-      pool->hooks_.lock();
-      in_hooks_ = true;
+      pool->lanes_.take_hooks_turn(detail::redefines_loop_hooks<derived_type, Base>);
     }
     void end_hooks_turn() noexcept {
       pool->in_loop_hooks_ = nullptr;
-      if (!in_hooks_) return;
-      in_hooks_ = false;
-      pool->hooks_.unlock();
+      pool->lanes_.end_hooks_turn();
     }
-    bool keep_looping_when_idle() { return pool->step_down(); }
+    // No request waiting: a leader whose lane was parked waits to lead again.
+    bool keep_looping_when_idle() { return !pool->lanes_.step_down() || pool->take_lane(); }
   };
 
-  // A leader found no request waiting. One of several open lanes closes (parks) then, and
-  // its leader waits to lead again: more leaders than requests only wake each other. One
-  // lane always stays open. Returns whether this thread still leads.
-  bool step_down() {
-    waits_.fetch_add(1, std::memory_order_relaxed);
-    std::size_t open = open_lanes_.load();
-    do {
-      if (open <= 1) return true;
-    } while (!open_lanes_.compare_exchange_weak(open, open - 1));
-    my_lane().store((my_lane().load() & ~phase) | parked);
-    leading_ = false;
-    leading_ = take_loop();
-    return leading_;
-  }
-
-  // Opens a parked lane, for a worker to lead there too.
-  void open_lane() noexcept {
-    for (std::size_t i = 0; i < lane_count_; ++i) {
-      std::uint64_t token = lanes_[i].load();
-      if ((token & phase) == parked &&
-          lanes_[i].compare_exchange_strong(token, (token & ~phase) | loop_free)) {
-        open_lanes_.fetch_add(1);
-        wake_next_leader();
-        return;
-      }
-    }
-  }
-
-  // Waits for a free lane and takes it; false, without one, once the server stops accepting.
-  bool take_loop() {
-    std::unique_lock<std::mutex> lock(mutex_);  // accepting_ changes only under it
-    const auto idle_until = idle_deadline();
-    for (;;) {
-      if (!accepting_) {
-        turn_.notify_all();  // serve_forever() may wait for a lane this thread just parked
-        return false;
-      }
-      for (std::size_t i = 0; i < lane_count_; ++i) {
-        std::uint64_t token = lanes_[i].load();
-        if ((token & phase) == loop_free &&
-            lanes_[i].compare_exchange_strong(token, (token & ~phase) | looping)) {
-          lane_ = i;
-          return true;
-        }
-      }
-      if (!wait_idle(turn_, lock, idle_until) && retire()) return false;
-    }
-  }
-
-  std::atomic<std::uint64_t>& my_lane() noexcept { return lanes_[lane_]; }
-
-  // Frees this thread's lane, in the loop (nobody else changes a lane while it loops).
-  void free_lane() noexcept {
-    my_lane().store((my_lane().load() & ~phase) | loop_free);
-    wake_next_leader();
-  }
-
-  // A lane is free: wake a worker to take it (all of them when the server stops accepting,
-  // and serve_forever() waits for every lane to be left).
-  void wake_next_leader() noexcept {
-    std::unique_lock<std::mutex> lock(mutex_);
-    const bool stopping = !accepting_;
-    lock.unlock();
-    if (stopping)
-      turn_.notify_all();
-    else
-      turn_.notify_one();
-  }
-
-  // Serves a request. A leader serves it with its lane in hand: the lane is handed on by
-  // wait_or_hand_on() when the request has to wait in the library's I/O, or taken over by
-  // the watcher after handoff_after; otherwise the leader keeps it and goes on accepting.
+  // Serves a request: inline, with the lane in hand, when this thread leads.
   void serve_here(job& next) {
-    if (!leading_) {
-      serve(next);
-      return;
-    }
-    if (handoff_after_.count() <= 0) {  // hand the lane on first, always
-      leading_ = false;
-      free_lane();
-      serve(next);
-      return;
-    }
-    std::atomic<std::uint64_t>& lane = my_lane();
-    const std::uint64_t token =
-        ((lane.load(std::memory_order_relaxed) & ~phase) + next_request) | serving_inline;
-    inline_token_ = token;
-    inline_until_ =
-        detail::clock::now() + std::chrono::duration_cast<detail::clock::duration>(handoff_after_);
-    lane.store(token);
-    if (!accepting_.load()) {  // serve_forever() may be waiting for this lane to leave the loop
-      { std::lock_guard<std::mutex> lock(mutex_); }
-      turn_.notify_all();
-    }
-    detail::arm_block_hook(&wait_or_hand_on, this);
-    // A handler that ends this thread (a forced unwind) leaves the lane free, for another
-    // worker to lead.
-    struct unwound {
-      ThreadPoolMixIn* pool;
-      std::uint64_t token;
-      bool armed = true;
-      ~unwound() {
-        if (!armed) return;
-        detail::disarm_block_hook();
-        if (!leading_) return;
-        leading_ = false;
-        std::uint64_t expected = token;
-        if (pool->my_lane().compare_exchange_strong(expected, (token & ~phase) | loop_free))
-          pool->wake_next_leader();
-      }
-    } unwinding{this, token};
-    if (watcher_idle_.load() && watcher_idle_.exchange(false)) busy_.notify();
-    serve(next);
-    unwinding.armed = false;
-    detail::disarm_block_hook();
-    if (!leading_) return;  // handed on: the request had to wait
-    std::uint64_t expected = token;
-    if (!lane.compare_exchange_strong(expected, (token & ~phase) | looping))
-      leading_ = false;  // taken over by the watcher
-  }
-
-  // The block hook of a leader serving inline, whose request is about to wait for `events`
-  // on `fd`: it waits for them here, keeping the lane, until handoff_after has passed or (if
-  // no other leader is accepting) a new request arrives, and then hands the lane on; when
-  // the events come first it keeps the lane and the hook. A wait on several descriptors
-  // hands the lane on at once.
-  static void wait_or_hand_on(void* self, int fd, short events,
-                              detail::clock::time_point deadline) noexcept {
-    auto& pool = *static_cast<ThreadPoolMixIn*>(self);
-    if (fd >= 0 && pool.my_lane().load() == inline_token_) {  // (not taken from it already)
-      const auto until = std::min(deadline, inline_until_);
-      // A request's bytes usually follow its connection within microseconds: wait for them
-      // a moment before a new request can take the lane away.
-      pollfd own{fd, events, 0};
-      const auto grace = detail::clock::now() + handoff_grace;
-      int ready = detail::poll_once(&own, 1, std::min(until, grace));
-      if (ready < 0 || own.revents != 0) return;  // EINTR: the caller tries again
-      pollfd fds[2] = {{fd, events, 0},
-                       {pool.another_leader_accepting() ? -1 : pool.listen_fd_.load(), POLLIN, 0}};
-      ready = detail::poll_once(fds, 2, until);
-      if (ready < 0) return;
-      if (fds[1].revents == 0 && (fds[0].revents != 0 || until < inline_until_)) return;
-    }
-    detail::disarm_block_hook();
-    leading_ = false;
-    std::uint64_t expected = inline_token_;
-    if (pool.my_lane().compare_exchange_strong(expected, (expected & ~phase) | loop_free))
-      pool.wake_next_leader();
-  }
-
-  static constexpr std::chrono::microseconds handoff_grace{100};
-
-  bool another_leader_accepting() const noexcept {
-    for (std::size_t i = 0; i < lane_count_; ++i)
-      if (i != lane_ && (lanes_[i].load() & phase) == looping) return true;
-    return false;
-  }
-
-  // The watcher's turn, every handoff_after while requests are served (`seen`: what it found
-  // in each lane last time). Takes a lane from a request served inline since the last turn,
-  // and returns true when no lane has changed since then: the watcher may sleep until a
-  // request is served inline again (busy_).
-  bool watch_lanes(std::vector<std::uint64_t>& seen) {
-    bool quiet = true;
-    for (std::size_t i = 0; i < lane_count_; ++i) {
-      std::uint64_t token = lanes_[i].load();
-      if (token != seen[i]) {
-        quiet = false;
-      } else if ((token & phase) == serving_inline) {
-        quiet = false;
-        if (lanes_[i].compare_exchange_strong(token, (token & ~phase) | loop_free))
-          wake_next_leader();
-      }
-      seen[i] = lanes_[i].load();
-    }
-    if (!quiet) return false;
-    watcher_idle_.store(true);  // then look again: a request served inline from now on sees it
-    for (std::size_t i = 0; i < lane_count_; ++i) {
-      if (lanes_[i].load() != seen[i]) {
-        watcher_idle_.store(false);
-        return false;
-      }
-    }
-    return true;
+    lanes_.serve_inline([&] { serve(next); });
   }
 
   // Queues a request, waiting while the queue is full (unless the server stopped
@@ -842,7 +621,7 @@ class ThreadPoolMixIn : public Base {
     }
     work_.notify_all();
     room_.notify_all();
-    turn_.notify_all();
+    lanes_.wake_all();
     close_unserved(unserved);
     for (std::thread& t : workers) t.join();
     std::lock_guard<std::mutex> lock(mutex_);
@@ -874,9 +653,12 @@ class ThreadPoolMixIn : public Base {
   }
 
   mutable std::mutex mutex_;
-  std::condition_variable work_;     // a request was queued, the loop is free, or stopping
-  std::condition_variable room_;     // the queue has room, or the server stopped accepting
-  std::condition_variable changed_;  // the loop was left, or the last request ended
+  std::condition_variable work_;  // a request was queued, serve_forever() began or ended, or
+                                  // the workers stop (and the last queued request is done)
+  std::condition_variable room_;  // the queue has room, or the server stopped accepting
+  // The pool is drained: the last request being served ended with the queue empty
+  // (finished_one()). Only drain() waits on it, for queue_.empty() && serving_ == 0.
+  std::condition_variable changed_;
   std::deque<job> queue_;
   std::unique_ptr<worker_slot[]> slots_;  // max_pool_size + 1 places for workers
   std::size_t slot_count_ = 0;            // of slots_; 0: no workers started
@@ -885,32 +667,15 @@ class ThreadPoolMixIn : public Base {
   std::size_t base_capacity_ = 1;         // pool_size, for this run of the workers
   std::chrono::duration<double> idle_timeout_{30.0};
   std::size_t serving_ = 0;             // requests being served
-  std::atomic<bool> accepting_{false};  // serve_forever() is running
-  std::condition_variable turn_;        // the loop was freed, or the server stopped accepting
-  std::mutex hooks_;                    // held by the leader calling the hooks (lane_policy)
-  const std::size_t max_lanes_ = std::max(1u, std::thread::hardware_concurrency());
-  std::unique_ptr<std::atomic<std::uint64_t>[]> lanes_ {
-    new std::atomic<std::uint64_t>[max_lanes_] {}
-  };
-  std::size_t lane_count_ = 1;              // lanes in use: one per core, at most the workers
-  std::atomic<std::size_t> open_lanes_{1};  // lanes not parked
-  std::atomic<int> listen_fd_{-1};          // the socket, while serve_forever() runs
-  std::atomic<std::uint64_t> waits_{0};     // times a leader found no request waiting
-  std::atomic<bool> watcher_idle_{false};   // the watcher sleeps until busy_
-  detail::wakeup busy_;                     // a request is served inline again
-  std::chrono::duration<double> handoff_after_{0.002};
+  std::atomic<bool> accepting_{false};  // serve_forever() is running (changes under mutex_)
+  lanes lanes_{mutex_, accepting_};     // of the serve loop, for the leaders
   bool stopping_ = false;
   bool nonblocking_ = false;  // the stream socket is non-blocking for this serve_forever()
   std::chrono::duration<double> poll_interval_{0.5};
   std::exception_ptr failure_;  // a leader's fatal error, for serve_forever() to raise
   detail::wakeup failed_;       // readable once failure_ is set
-  inline static thread_local bool leading_ = false;   // this thread holds a lane of the loop
-  inline static thread_local std::size_t lane_ = 0;   // which one
-  inline static thread_local bool in_hooks_ = false;  // it holds hooks_
   inline static thread_local bool retiring_ = false;  // this worker is leaving (retire())
-  inline static thread_local std::uint64_t inline_token_ = 0;  // the lane while serving inline
-  inline static thread_local detail::clock::time_point inline_until_{};  // and till
-  inline static thread_local std::atomic<int>* serving_fd_ = nullptr;    // this worker's slot
+  inline static thread_local std::atomic<int>* serving_fd_ = nullptr;  // this worker's slot
 };
 
 }  // namespace socketserver

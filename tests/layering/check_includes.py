@@ -18,6 +18,7 @@ LAYERS = [
                        "detail/drain_signal.hpp"]),
     ("detail: poll", ["detail/poll.hpp"]),
     ("detail: exclusive wait", ["detail/exclusive_wait.hpp"]),
+    ("detail: leader lanes", ["detail/leader_lanes.hpp"]),
     ("values", ["version.hpp", "error.hpp", "strict_bool.hpp", "stats.hpp"]),
     ("address", ["address.hpp"]),
     ("socket", ["socket.hpp"]),
