@@ -11,10 +11,17 @@
 
 namespace example {
 
+/// The port the examples use unless told otherwise: 9999, as in Python's docs, or the
+/// environment's SOCKETSERVER_EXAMPLE_PORT (for a machine where something else holds 9999).
+inline int default_port() {
+  const char* port = std::getenv("SOCKETSERVER_EXAMPLE_PORT");
+  return port != nullptr && *port != '\0' ? std::atoi(port) : 9999;
+}
+
 /// Servers: `prog [HOST] [PORT]`, default localhost 9999.
 struct server_args {
   std::string host = "localhost";
-  int port = 9999;
+  int port = default_port();
 };
 inline server_args parse_server_args(int argc, char** argv) {
   server_args args;
@@ -26,7 +33,7 @@ inline server_args parse_server_args(int argc, char** argv) {
 /// Clients: `prog [--host H] [--port P] [--path PATH] WORDS...`, default localhost 9999.
 struct client_args {
   std::string host = "localhost";
-  int port = 9999;
+  int port = default_port();
   std::string path;
   std::string data;  // the words, joined by spaces
 };
