@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -190,9 +191,29 @@ TEST_CASE("callee-saved registers are kept per context across a switch", "[fiber
 }
 
 // 1/3 differs in its last bit between rounding modes: the SSE (MXCSR) or FPCR rounding.
+// valgrind computes SSE arithmetic in round-to-nearest whatever the mode: not checked there.
 double third() {
   volatile double one = 1.0, three = 3.0;
   return one / three;
+}
+bool arithmetic_follows_rounding_mode() {
+#if defined(SOCKETSERVER_DETAIL_VALGRIND)
+  return !RUNNING_ON_VALGRIND;
+#else
+  return true;
+#endif
+}
+
+// fegetround() reads the x87 control word on x86-64; MXCSR has its own rounding bits.
+int rounding() {
+#if defined(__x86_64__)
+  std::uint32_t mxcsr = 0;
+  __asm__ volatile("stmxcsr %0" : "=m"(mxcsr));
+  const int sse = static_cast<int>((mxcsr & 0x6000) >> 3);  // RC bits 13-14, as FE_* values
+  return sse == fegetround() ? sse : -1;
+#else
+  return fegetround();
+#endif
 }
 
 struct rounding_restorer {
@@ -201,46 +222,47 @@ struct rounding_restorer {
 
 TEST_CASE("each context keeps its own floating-point rounding mode", "[fiber]") {
   rounding_restorer restore;
-  REQUIRE(fegetround() == FE_TONEAREST);
+  REQUIRE(rounding() == FE_TONEAREST);
   const double nearest = third();
   fesetround(FE_UPWARD);
   const double upward = third();
   fesetround(FE_DOWNWARD);
   const double downward = third();
-  REQUIRE(upward != downward);
+  const bool exact = arithmetic_follows_rounding_mode();
+  if (exact) REQUIRE(upward != downward);
 
   // A new fiber starts with its creator's control words, as a new thread does.
   fesetround(FE_UPWARD);
   fiber_context thread;
   test_fiber inherits(thread, [&](test_fiber&) {
-    CHECK(fegetround() == FE_UPWARD);  // the x87 control word on x86-64
-    CHECK(third() == upward);
+    CHECK(rounding() == FE_UPWARD);
+    if (exact) CHECK(third() == upward);
   });
   fesetround(FE_TONEAREST);
   inherits.resume();
-  CHECK(fegetround() == FE_TONEAREST);
+  CHECK(rounding() == FE_TONEAREST);
 
   test_fiber fiber(thread, [&](test_fiber& self) {
-    CHECK(fegetround() == FE_TONEAREST);
+    CHECK(rounding() == FE_TONEAREST);
     fesetround(FE_UPWARD);
     self.suspend();
-    CHECK(fegetround() == FE_UPWARD);
-    CHECK(third() == upward);
+    CHECK(rounding() == FE_UPWARD);
+    if (exact) CHECK(third() == upward);
     fesetround(FE_TONEAREST);
     self.suspend();
-    CHECK(fegetround() == FE_TONEAREST);
-    CHECK(third() == nearest);
+    CHECK(rounding() == FE_TONEAREST);
+    if (exact) CHECK(third() == nearest);
   });
   fiber.resume();
-  CHECK(fegetround() == FE_TONEAREST);  // the fiber's FE_UPWARD stayed with the fiber
-  CHECK(third() == nearest);
+  CHECK(rounding() == FE_TONEAREST);  // the fiber's FE_UPWARD stayed with the fiber
+  if (exact) CHECK(third() == nearest);
   fesetround(FE_DOWNWARD);
   fiber.resume();
-  CHECK(fegetround() == FE_DOWNWARD);  // and the thread's FE_DOWNWARD with the thread
-  CHECK(third() == downward);
+  CHECK(rounding() == FE_DOWNWARD);  // and the thread's FE_DOWNWARD with the thread
+  if (exact) CHECK(third() == downward);
   fiber.resume();
   CHECK(fiber.done());
-  CHECK(fegetround() == FE_DOWNWARD);
+  CHECK(rounding() == FE_DOWNWARD);
 }
 
 TEST_CASE("exceptions are thrown and caught inside fibers", "[fiber][exceptions]") {
@@ -428,9 +450,10 @@ TEST_CASE("fiber_stack: a failed mmap names the operation, the size and the errn
     fiber_stack::allocate(std::size_t{1} << 62);  // beyond any address space
     FAIL("allocate succeeded");
   } catch (const std::system_error& e) {
-    CHECK(e.code() == std::errc::not_enough_memory);
+    // ENOMEM; valgrind says EINVAL
+    CHECK((e.code().value() == ENOMEM || e.code().value() == EINVAL));
     CHECK(std::string(e.what()) ==
-          "mmap fiber stack of 4611686018427387904 bytes: Cannot allocate memory");
+          "mmap fiber stack of 4611686018427387904 bytes: " + e.code().message());
   }
 }
 
