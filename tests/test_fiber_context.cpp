@@ -35,14 +35,9 @@ using ss::detail::fiber_context;
 using ss::detail::fiber_stack;
 using ss::detail::fiber_stack_pool;
 
-#if defined(__SANITIZE_ADDRESS__)
+// Set by the fiber headers: no overflow reporter is installed under AddressSanitizer.
+#if defined(SOCKETSERVER_DETAIL_ASAN)
 constexpr bool asan = true;
-#elif defined(__has_feature)
-#  if __has_feature(address_sanitizer)
-constexpr bool asan = true;
-#  else
-constexpr bool asan = false;
-#  endif
 #else
 constexpr bool asan = false;
 #endif
@@ -400,8 +395,11 @@ __attribute__((noinline)) int recurse_to(const char* bottom, std::size_t margin,
   volatile char frame[256];
   frame[0] = static_cast<char>(depth);
   const auto here = reinterpret_cast<std::uintptr_t>(&frame[0]);
-  if (here - reinterpret_cast<std::uintptr_t>(bottom) > margin)
-    return recurse_to(bottom, margin, self, depth + 1, lowest) + (frame[0] != 0 ? 0 : 0);
+  if (here - reinterpret_cast<std::uintptr_t>(bottom) > margin) {
+    const int deepest = recurse_to(bottom, margin, self, depth + 1, lowest);
+    frame[1] = 0;  // the frame is used after the call: no tail call
+    return deepest;
+  }
   lowest = here;
   self.suspend();
   return depth;

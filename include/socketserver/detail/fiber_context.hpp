@@ -221,13 +221,13 @@ class fiber_context {
     std::uint32_t mxcsr = 0;
     std::uint16_t x87_control = 0;
     __asm__ volatile("stmxcsr %0\n\tfnstcw %1" : "=m"(mxcsr), "=m"(x87_control));
-    std::uintptr_t* frame = top - 10;  // ret lands at top - 16: aligned for the call in start
+    std::uintptr_t* frame = top - 10;  // start runs at top - 16: aligned for its call
     frame[0] = mxcsr | std::uintptr_t{x87_control} << 32;
     frame[1] = frame[2] = frame[3] = 0;                 // r15, r14, r13
     frame[4] = reinterpret_cast<std::uintptr_t>(this);  // r12: run()'s argument
     frame[5] = run_address;                             // rbx
     frame[6] = 0;                                       // rbp: the end of the frame chain
-    frame[7] = start_address;                           // the return address
+    frame[7] = start_address;                           // where the switch jumps
     frame[8] = frame[9] = 0;
 #  else
     std::uintptr_t fpcr = 0;
