@@ -455,7 +455,7 @@ TEST_CASE("fiber_stack: a failed mmap names the operation, the size and the errn
   }
 }
 
-TEST_CASE("fiber_stack_pool: give_back then take returns the same memory; the cap holds",
+TEST_CASE("fiber_stack_pool: give_back then take returns the same memory, up to the cap",
           "[fiber][stack]") {
   fiber_stack_pool pool(100 * 1024, 2);
   const std::size_t page = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
