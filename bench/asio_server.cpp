@@ -175,6 +175,7 @@ int serve_stream(const std::string& type, const typename Protocol::endpoint& whe
 
 int main(int argc, char** argv) {
   bench::block_stop_signals();  // before any thread exists: only sigwait() sees them
+  bench::raise_fd_limit();      // the idle workload holds 10,000 connections
   const bench::Args args(argc, argv, {"type", "mode", "port", "unix", "threads"},
                          "usage: asio_server --type blocking|async|udp [--mode connrate|pingpong] "
                          "[--port N | --unix PATH] [--threads N]");

@@ -3,10 +3,11 @@
 // a SIGTERM/SIGINT waiter thread (no process-wide signal handler doing unsafe work).
 #pragma once
 
-#include <arpa/inet.h>   // inet_pton
-#include <netinet/in.h>  // in_addr, in6_addr
-#include <pthread.h>     // pthread_sigmask, pthread_kill
-#include <signal.h>      // sigset_t, sigwait, SIGTERM, SIGINT
+#include <arpa/inet.h>     // inet_pton
+#include <netinet/in.h>    // in_addr, in6_addr
+#include <pthread.h>       // pthread_sigmask, pthread_kill
+#include <signal.h>        // sigset_t, sigwait, SIGTERM, SIGINT
+#include <sys/resource.h>  // getrlimit, setrlimit, RLIMIT_NOFILE
 
 #include <cstdio>      // std::fprintf, std::printf, std::fflush
 #include <cstdlib>     // std::exit, std::strtod, std::strtoll
@@ -146,6 +147,20 @@ class StopSignalWaiter {
   bool cancelled_ = false;
   std::thread thread_;  // last: it starts running wait() once the members above exist
 };
+
+/// Raises the soft limit on open descriptors to the hard limit (the idle workloads hold
+/// thousands of connections; the default soft limit is often 1,024). Returns the soft limit
+/// now in force (0 if unknown); bench/run and loadgen read it from /proc/PID/limits.
+inline unsigned long long raise_fd_limit() {
+  rlimit lim{};
+  if (::getrlimit(RLIMIT_NOFILE, &lim) != 0) return 0;
+  if (lim.rlim_cur < lim.rlim_max) {
+    rlimit raised = lim;
+    raised.rlim_cur = lim.rlim_max;
+    if (::setrlimit(RLIMIT_NOFILE, &raised) == 0) lim = raised;
+  }
+  return static_cast<unsigned long long>(lim.rlim_cur);
+}
 
 /// Prints the readiness line bench/run waits for (a port number or a socket path).
 inline void announce(const std::string& where) {

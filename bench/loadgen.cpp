@@ -4,7 +4,7 @@
 //   loadgen --workload connrate|pingpong|udp|bulk|idle (--port N | --unix PATH)
 //           [--host 127.0.0.1] [--clients C] [--seconds S] [--warmup W] [--size BYTES]
 //           [--bytes TOTAL] [--line-bytes N] [--timeout-ms MS] [--settle S]
-//           [--server-pid PID]
+//           [--active A] [--open-seconds S] [--server-pid PID]
 //
 // Workloads (each client is a thread; one request = one line of --size bytes, '\n' last):
 //   connrate  connect, send one line, read the reply up to its newline (or until the server
@@ -14,9 +14,20 @@
 //             no echo in time counts as lost.              pkt
 //   bulk      one connection streams --bytes (256 MiB) in lines of --line-bytes through the
 //             echo server, sending and receiving at once.  MiB
-//   idle      --clients connections each make one round trip, then stay open and idle for
-//             --settle seconds; reports the server's VmRSS and Threads (from
-//             /proc/PID/status) before and with them open.
+//   idle      --clients (I, default 10,000) idle connections plus --active (A, default 16)
+//             pingpong clients, in this process. First the A clients run alone (warm-up and
+//             window: the baseline); then the I connections open, each sends one line and
+//             waits for its echo (so the server has accepted it and its handler is running),
+//             at most 64 at a time, within --open-seconds, and stop when none completes for
+//             --timeout-ms (a server that stopped serving); after --settle seconds, A fresh
+//             clients run again with the idle ones open. The server's VmRSS and Threads (from
+//             /proc/PID/status) are sampled at the start of each window (A connected), so
+//             RSS per idle connection = (RSS with - RSS without) / idle connections open.
+//             Idle errors: could not connect, no echo, not tried (open stopped), or found
+//             closed by the server at the end; an active client that completed nothing in
+//             a window counts as an error too (active_silent). I is lowered to what the descriptor
+//             limits (loadgen's and the server's, raised to the hard limit) fit, and says so. With
+//             --active 0, only the memory and threads.       unit: msg
 //
 // The time-based workloads run for --warmup + --seconds; only what completes inside the
 // measurement window (the last --seconds) counts. With --server-pid, the server's CPU time is
@@ -29,6 +40,9 @@
 #include <dirent.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
+#include <sched.h>
+#include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/time.h>
@@ -42,8 +56,10 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -76,6 +92,8 @@ struct Options {
   std::size_t line_bytes = 16384;
   int timeout_ms = 2000;
   double settle = 1;
+  int active = 16;           // idle: the pingpong clients measured alongside
+  double open_seconds = 60;  // idle: the most time opening the idle connections may take
   pid_t server_pid = 0;
 };
 
@@ -83,13 +101,14 @@ Options parse(int argc, char** argv) {
   const bench::Args args(
       argc, argv,
       {"workload", "host", "port", "unix", "clients", "seconds", "warmup", "size", "bytes",
-       "line-bytes", "timeout-ms", "settle", "server-pid"},
+       "line-bytes", "timeout-ms", "settle", "active", "open-seconds", "server-pid"},
       "usage: loadgen --workload connrate|pingpong|udp|bulk|idle (--port N | --unix PATH)\n"
       "       [--host 127.0.0.1] [--clients C] [--seconds S] [--warmup W] [--size BYTES]\n"
-      "       [--bytes TOTAL] [--line-bytes N] [--timeout-ms MS] [--settle S] [--server-pid PID]");
+      "       [--bytes TOTAL] [--line-bytes N] [--timeout-ms MS] [--settle S] [--active A]\n"
+      "       [--open-seconds S] [--server-pid PID]");
   Options o;
   o.workload = args.choice("workload", {"connrate", "pingpong", "udp", "bulk", "idle"}, "");
-  o.clients = static_cast<int>(args.integer("clients", o.workload == "idle" ? 1000 : 1));
+  o.clients = static_cast<int>(args.integer("clients", o.workload == "idle" ? 10000 : 1));
   o.seconds = args.real("seconds", o.seconds);
   o.warmup = args.real("warmup", o.warmup);
   o.size = static_cast<std::size_t>(args.integer("size", 64));
@@ -97,10 +116,13 @@ Options parse(int argc, char** argv) {
   o.line_bytes = static_cast<std::size_t>(args.integer("line-bytes", 16384));
   o.timeout_ms = static_cast<int>(args.integer("timeout-ms", 2000));
   o.settle = args.real("settle", 1);
+  o.active = static_cast<int>(args.integer("active", 16));
+  o.open_seconds = args.real("open-seconds", 60);
   o.server_pid = static_cast<pid_t>(args.integer("server-pid", 0));
   if (o.clients < 1 || o.clients > 100000 || o.seconds <= 0 || o.seconds > 3600 || o.warmup < 0 ||
       o.warmup > 600 || o.size < 16 || o.size > 8192 || o.line_bytes < 2 ||
-      o.line_bytes > (1u << 20) || o.timeout_ms < 1 || o.settle < 0 || o.settle > 600)
+      o.line_bytes > (1u << 20) || o.timeout_ms < 1 || o.settle < 0 || o.settle > 600 ||
+      o.active < 0 || o.active > 10000 || o.open_seconds <= 0 || o.open_seconds > 600)
     die("loadgen: an option is out of range\n" + args.usage());
 
   if (args.has("unix") == args.has("port")) die("loadgen: give --port or --unix\n" + args.usage());
@@ -452,6 +474,7 @@ struct Summary {
   double ops = 0;  // requests, messages or packets; MiB for bulk
   std::uint64_t errors = 0;
   std::uint64_t lost = 0;
+  std::uint64_t silent = 0;  // clients that completed nothing and saw no error in the window
   double seconds = 0;
   double p50_us = NAN;
   double p99_us = NAN;
@@ -485,9 +508,9 @@ Clock::duration to_duration(double seconds) {
 }
 
 /// Runs o.clients threads of `client` for the warm-up and the window, sampling CPU time at
-/// the window's ends.
+/// the window's ends; `at_start` runs once the window has started (every client connected).
 template <class Client>
-Summary run_clients(const Options& o, Client client) {
+Summary run_clients(const Options& o, Client client, const std::function<void()>& at_start = {}) {
   Window w;
   w.start = Clock::now() + to_duration(o.warmup);
   w.end = w.start + to_duration(o.seconds);
@@ -501,6 +524,7 @@ Summary run_clients(const Options& o, Client client) {
   std::this_thread::sleep_until(w.start);
   const CpuSample before = CpuSample::take(o);
   const auto t0 = Clock::now();
+  if (at_start) at_start();
   std::this_thread::sleep_until(w.end);
   const CpuSample after = CpuSample::take(o);
   Summary s;
@@ -513,6 +537,9 @@ Summary run_clients(const Options& o, Client client) {
     s.ops += static_cast<double>(c.ops);
     s.errors += c.errors;
     s.lost += c.lost;
+    // Stuck in a read or connect (up to --timeout-ms) past the window's end: its error
+    // came too late to count, but a client that completed nothing has failed.
+    if (c.ops == 0 && c.errors == 0 && c.lost == 0) ++s.silent;
     all.insert(all.end(), c.latencies_us.begin(), c.latencies_us.end());
   }
   std::sort(all.begin(), all.end());
@@ -579,56 +606,291 @@ Summary run_bulk(const Options& o) {
 
 // --- Idle connections ---------------------------------------------------------------------
 
-/// Opens o.clients connections (one round trip each, so the server has accepted and served
-/// them), holds them idle for --settle seconds and reports the server's memory and threads.
-void run_idle(const Options& o) {
-  if (o.server_pid == 0) die("loadgen: idle needs --server-pid");
-  const Memory before = read_memory(o.server_pid);
+/// The idle connections once opened. `open` were echoed: the server accepted each and its
+/// handler (thread, coroutine or callback) is waiting for the next line. `unserved`
+/// connected but got no echo in time (e.g. queued behind a pool whose workers are all
+/// taken): they stay open, as such clients would, and count as errors.
+struct IdleSet {
   std::vector<Fd> open;
-  open.reserve(static_cast<std::size_t>(o.clients));
-  std::uint64_t errors = 0;
-  std::vector<char> buf;
-  const auto deadline = Clock::now() + to_duration(o.seconds);
-  for (int i = 0; i < o.clients && Clock::now() < deadline; ++i) {
-    const std::string line = make_line(o.size, i);
-    Fd fd = connect_stream(o);
-    if (fd && send_all(fd.get(), line.data(), line.size()) && read_reply(fd.get(), line, buf))
-      open.push_back(std::move(fd));
-    else
-      ++errors;
+  std::vector<Fd> unserved;
+  std::uint64_t connect_failed = 0;  // socket() or connect() failed, or still connecting
+  std::uint64_t skipped = 0;         // not tried: the open deadline passed, or progress stopped
+  std::uint64_t bad_echo = 0;        // closed before its echo, or a wrong echo
+  int first_errno = 0;               // the first socket()/connect() error, for the message
+  double seconds = 0;                // time taken to open them
+};
+
+/// One connection being opened: connecting, or (ping sent) waiting for its echo.
+struct Opening {
+  Fd fd;
+  bool connected = false;
+  std::string line;
+  std::size_t have = 0;
+  char buf[256];
+};
+
+/// Opens `count` idle connections without a thread each: non-blocking connect, one line,
+/// its echo, at most `in_flight` at a time (under the listen backlog of 128, so that the
+/// kernel never drops a SYN and a client waits for TCP's 1 s retransmission). Stops at
+/// --open-seconds, or once no echo arrived for --timeout-ms: a server that stopped serving
+/// must not hold the run for longer.
+IdleSet open_idle(const Options& o, int count) {
+  constexpr int in_flight = 64;
+  IdleSet set;
+  set.open.reserve(static_cast<std::size_t>(count));
+  Fd epoll(::epoll_create1(EPOLL_CLOEXEC));
+  if (!epoll) die(std::string("loadgen: epoll_create1: ") + std::strerror(errno));
+  std::vector<Opening> slots(in_flight);
+  std::vector<int> free_slots;
+  for (int i = in_flight - 1; i >= 0; --i) free_slots.push_back(i);
+
+  const auto began = Clock::now();
+  const auto deadline = began + to_duration(o.open_seconds);
+  const auto stall = std::chrono::milliseconds(o.timeout_ms);
+  auto last_echo = began;
+  auto failed = [&](int errno_value) {
+    ++set.connect_failed;
+    if (set.first_errno == 0) set.first_errno = errno_value;
+  };
+  auto watch = [&](int slot, int op, std::uint32_t events) {
+    epoll_event ev{};
+    ev.events = events;
+    ev.data.u64 = static_cast<std::uint64_t>(slot);
+    return ::epoll_ctl(epoll.get(), op, slots[static_cast<std::size_t>(slot)].fd.get(), &ev) == 0;
+  };
+  auto release = [&](int slot) {
+    Opening& c = slots[static_cast<std::size_t>(slot)];
+    if (c.fd) ::epoll_ctl(epoll.get(), EPOLL_CTL_DEL, c.fd.get(), nullptr);
+    c.fd.reset();
+    free_slots.push_back(slot);
+  };
+  auto send_ping = [&](int slot) {  // connected: send the line, then wait for its echo
+    Opening& c = slots[static_cast<std::size_t>(slot)];
+    c.connected = true;
+    const ssize_t sent = ::send(c.fd.get(), c.line.data(), c.line.size(), MSG_NOSIGNAL);
+    if (sent != static_cast<ssize_t>(c.line.size()) || !watch(slot, EPOLL_CTL_MOD, EPOLLIN)) {
+      ++set.bad_echo;  // a fresh socket's buffer always takes one short line
+      release(slot);
+    }
+  };
+
+  int next = 0;
+  while ((next < count || free_slots.size() < slots.size()) && Clock::now() < deadline &&
+         Clock::now() - last_echo < stall) {
+    while (next < count && !free_slots.empty()) {
+      const int slot = free_slots.back();
+      free_slots.pop_back();
+      Opening& c = slots[static_cast<std::size_t>(slot)];
+      c = Opening{};
+      c.line = make_line(o.size, next++);
+      c.fd = Fd(::socket(o.family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+      if (!c.fd) {
+        failed(errno);
+        free_slots.push_back(slot);
+        continue;
+      }
+      if (o.family != AF_UNIX) {
+        const int on = 1;
+        ::setsockopt(c.fd.get(), IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
+      }
+      const int rc = ::connect(c.fd.get(), reinterpret_cast<const sockaddr*>(&o.addr), o.addr_len);
+      if (rc < 0 && errno != EINPROGRESS) {
+        failed(errno);
+        c.fd.reset();
+        free_slots.push_back(slot);
+        continue;
+      }
+      if (!watch(slot, EPOLL_CTL_ADD, EPOLLOUT)) {
+        failed(errno);
+        c.fd.reset();
+        free_slots.push_back(slot);
+        continue;
+      }
+      if (rc == 0) send_ping(slot);
+    }
+    epoll_event events[in_flight];
+    const int n = ::epoll_wait(epoll.get(), events, in_flight, 50);
+    if (n < 0 && errno != EINTR) die(std::string("loadgen: epoll_wait: ") + std::strerror(errno));
+    for (int e = 0; e < n; ++e) {
+      const int slot = static_cast<int>(events[e].data.u64);
+      Opening& c = slots[static_cast<std::size_t>(slot)];
+      if (!c.fd) continue;
+      if (!c.connected) {
+        int error = 0;
+        socklen_t len = sizeof error;
+        ::getsockopt(c.fd.get(), SOL_SOCKET, SO_ERROR, &error, &len);
+        if (error != 0) {
+          failed(error);
+          release(slot);
+        } else {
+          send_ping(slot);
+        }
+        continue;
+      }
+      const ssize_t got = ::recv(c.fd.get(), c.buf + c.have, sizeof c.buf - c.have, 0);
+      if (got < 0 && (errno == EAGAIN || errno == EINTR)) continue;
+      if (got > 0) c.have += static_cast<std::size_t>(got);
+      const bool complete = c.have > 0 && (c.buf[c.have - 1] == '\n' || c.have == sizeof c.buf);
+      if (got > 0 && !complete) continue;
+      if (got > 0 && c.have == c.line.size() && std::memcmp(c.buf, c.line.data(), c.have) == 0) {
+        ::epoll_ctl(epoll.get(), EPOLL_CTL_DEL, c.fd.get(), nullptr);
+        set.open.push_back(std::move(c.fd));
+        last_echo = Clock::now();
+        free_slots.push_back(slot);
+      } else {
+        ++set.bad_echo;
+        release(slot);
+      }
+    }
   }
-  std::this_thread::sleep_for(std::chrono::duration<double>(o.settle));
-  const Memory during = read_memory(o.server_pid);
-  const std::size_t conns = open.size();
-  open.clear();
-  const double per_conn =
-      conns > 0 ? static_cast<double>(during.rss_kib - before.rss_kib) / static_cast<double>(conns)
-                : NAN;
-  std::printf(
-      "workload=idle clients=%d conns=%zu errors=%llu rss_before_kib=%ld rss_kib=%ld "
-      "rss_per_conn_kib=%.2f threads_before=%ld threads=%ld\n",
-      o.clients, conns, static_cast<unsigned long long>(errors), before.rss_kib, during.rss_kib,
-      per_conn, before.threads, during.threads);
+  // What is left: connected ones wait for an echo that did not come (kept open), the others
+  // are still connecting (closed).
+  for (std::size_t i = 0; i < slots.size(); ++i) {
+    Opening& c = slots[i];
+    if (!c.fd) continue;
+    ::epoll_ctl(epoll.get(), EPOLL_CTL_DEL, c.fd.get(), nullptr);
+    if (c.connected) {
+      set.unserved.push_back(std::move(c.fd));
+    } else {
+      failed(ETIMEDOUT);
+      c.fd.reset();
+    }
+  }
+  set.skipped = static_cast<std::uint64_t>(count - next);
+  set.seconds = seconds_between(began, Clock::now());
+  return set;
 }
 
-/// Raises the soft descriptor limit to the hard one (1,000 idle connections need it).
-void raise_fd_limit() {
-  rlimit lim{};
-  if (::getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur < lim.rlim_max) {
-    lim.rlim_cur = lim.rlim_max;
-    ::setrlimit(RLIMIT_NOFILE, &lim);
+/// How many of `fds` the server has closed (or sent something unasked on): an idle
+/// connection must stay open and quiet for the whole run.
+std::uint64_t count_closed(const std::vector<Fd>& fds) {
+  std::vector<pollfd> polls;
+  polls.reserve(fds.size());
+  for (const Fd& fd : fds) polls.push_back(pollfd{fd.get(), POLLIN | POLLRDHUP, 0});
+  if (polls.empty() || ::poll(polls.data(), polls.size(), 0) < 0) return 0;
+  std::uint64_t closed = 0;
+  for (const pollfd& p : polls) closed += p.revents != 0 ? 1 : 0;
+  return closed;
+}
+
+/// The soft limit on open descriptors of process `pid` ("Max open files" in
+/// /proc/PID/limits), or 0 when unknown.
+unsigned long long fd_limit_of(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/limits");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("Max open files", 0) != 0) continue;
+    std::istringstream fields(line.substr(std::strlen("Max open files")));
+    std::string soft;
+    fields >> soft;
+    if (soft == "unlimited") return ~0ull;
+    return std::strtoull(soft.c_str(), nullptr, 10);
   }
+  return 0;
+}
+
+/// The CPUs process `pid` may run on (0 for this one), as a list: "0-1", "0", "1".
+std::string cpus_of(pid_t pid) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (::sched_getaffinity(pid, sizeof set, &set) != 0) return "?";
+  std::string text;
+  for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+    if (!CPU_ISSET(cpu, &set)) continue;
+    int last = cpu;
+    while (last + 1 < CPU_SETSIZE && CPU_ISSET(last + 1, &set)) ++last;
+    if (!text.empty()) text += ",";
+    text += last == cpu ? std::to_string(cpu) : std::to_string(cpu) + "-" + std::to_string(last);
+    cpu = last;
+  }
+  return text;
+}
+
+/// idle: see the header. Prints one line; 1 when the active clients completed nothing
+/// even without idle connections (the server does not work at all).
+int run_idle(const Options& o) {
+  if (o.server_pid == 0) die("loadgen: idle needs --server-pid");
+  // Descriptors: each side holds I + A sockets plus a few of its own (stdio, listener,
+  // epoll, /proc files). The hard limits decide how many idle connections fit.
+  constexpr unsigned long long spare = 64;
+  const unsigned long long own_limit = bench::raise_fd_limit();
+  const unsigned long long server_limit = fd_limit_of(o.server_pid);
+  auto fits = [&](unsigned long long limit) {
+    const unsigned long long reserved = spare + static_cast<unsigned long long>(o.active);
+    return limit == 0 ? ~0ull : (limit > reserved ? limit - reserved : 0);
+  };
+  const unsigned long long fit = std::min(fits(own_limit), fits(server_limit));
+  const int tried = static_cast<int>(std::min<unsigned long long>(fit, o.clients));
+  if (tried < o.clients)
+    std::fprintf(stderr,
+                 "loadgen: descriptor limits (loadgen %llu, server %llu, after raising the soft "
+                 "limit to the hard one) fit %d idle connections, not %d: measuring %d\n",
+                 own_limit, server_limit, tried, o.clients, tried);
+
+  Options active = o;
+  active.clients = o.active;
+  Memory without, with;
+  Summary base, loaded;
+  if (o.active > 0) {
+    base = run_clients(active, pingpong_client, [&] { without = read_memory(o.server_pid); });
+  } else {
+    without = read_memory(o.server_pid);
+  }
+  IdleSet idle = open_idle(o, tried);
+  std::this_thread::sleep_for(std::chrono::duration<double>(o.settle));
+  if (o.active > 0) {
+    loaded = run_clients(active, pingpong_client, [&] { with = read_memory(o.server_pid); });
+  } else {
+    with = read_memory(o.server_pid);
+  }
+  const std::uint64_t closed = count_closed(idle.open);
+  const std::size_t open = idle.open.size();
+  const std::uint64_t idle_errors = idle.connect_failed + idle.skipped + idle.bad_echo +
+                                    idle.unserved.size() + closed +
+                                    static_cast<std::uint64_t>(o.clients - tried);
+  if (idle.first_errno != 0)
+    std::fprintf(stderr, "loadgen: idle connect to the server failed: %s (%llu times)\n",
+                 std::strerror(idle.first_errno),
+                 static_cast<unsigned long long>(idle.connect_failed));
+  const double per_conn =
+      open > 0 ? static_cast<double>(with.rss_kib - without.rss_kib) / static_cast<double>(open)
+               : NAN;
+  // A client that completed nothing in a window counts as an error, as a failed one does.
+  const std::uint64_t base_errors = base.errors + base.silent;
+  const std::uint64_t loaded_errors = loaded.errors + loaded.silent;
+  auto per_op = [](const Summary& s) { return s.ops > 0 ? s.server_cpu_us / s.ops : NAN; };
+  auto rate = [](const Summary& s) { return s.seconds > 0 ? s.ops / s.seconds : 0.0; };
+  std::printf(
+      "workload=idle idle=%d idle_tried=%d idle_open=%zu idle_errors=%llu "
+      "idle_connect_failed=%llu idle_unserved=%zu idle_bad_echo=%llu idle_skipped=%llu "
+      "idle_closed=%llu open_seconds=%.2f active=%d ops=%.1f seconds=%.3f rate=%.1f unit=msg "
+      "p50_us=%.1f p99_us=%.1f active_errors=%llu active_silent=%llu errors=%llu "
+      "server_cpu_us=%.0f "
+      "cpu_us_per_op=%.3f client_cpu_us_per_op=%.3f base_ops=%.1f base_rate=%.1f "
+      "base_p50_us=%.1f base_p99_us=%.1f base_errors=%llu base_cpu_us_per_op=%.3f "
+      "rss_before_kib=%ld rss_kib=%ld rss_per_conn_kib=%.2f threads_before=%ld threads=%ld "
+      "fd_limit=%llu server_fd_limit=%llu cpus=%ld server_cpus=%s loadgen_cpus=%s\n",
+      o.clients, tried, open, static_cast<unsigned long long>(idle_errors),
+      static_cast<unsigned long long>(idle.connect_failed), idle.unserved.size(),
+      static_cast<unsigned long long>(idle.bad_echo), static_cast<unsigned long long>(idle.skipped),
+      static_cast<unsigned long long>(closed), idle.seconds, o.active, loaded.ops, loaded.seconds,
+      rate(loaded), loaded.p50_us, loaded.p99_us, static_cast<unsigned long long>(loaded_errors),
+      static_cast<unsigned long long>(loaded.silent),
+      static_cast<unsigned long long>(base_errors + loaded_errors + idle_errors),
+      loaded.server_cpu_us, per_op(loaded),
+      loaded.ops > 0 ? loaded.client_cpu_us / loaded.ops : NAN, base.ops, rate(base), base.p50_us,
+      base.p99_us, static_cast<unsigned long long>(base_errors), per_op(base), without.rss_kib,
+      with.rss_kib, per_conn, without.threads, with.threads, own_limit, server_limit,
+      ::sysconf(_SC_NPROCESSORS_ONLN), cpus_of(o.server_pid).c_str(), cpus_of(0).c_str());
+  return o.active > 0 && base.ops == 0 ? 1 : 0;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   const Options o = parse(argc, argv);
-  raise_fd_limit();
-  if (o.workload == "idle") {
-    run_idle(o);
-    return 0;
-  }
+  bench::raise_fd_limit();
+  if (o.workload == "idle") return run_idle(o);
   Summary s;
   const char* unit = "req";
   if (o.workload == "connrate") {

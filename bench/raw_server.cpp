@@ -387,6 +387,7 @@ std::thread start(Loop loop) {
 
 int main(int argc, char** argv) {
   bench::block_stop_signals();  // before any thread exists: only sigwait() below sees them
+  bench::raise_fd_limit();      // the idle workload holds 10,000 connections
   const bench::Args args(
       argc, argv, {"type", "mode", "port", "unix", "threads"},
       "usage: raw_server --type sync|threads|epoll|udp|udp-threads|pool|pool-accept "

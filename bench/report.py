@@ -37,6 +37,12 @@ PEERS = OrderedDict(
         ("ours/UDPServer", ["raw/udp", "py/UDPServer", "asio/udp"]),
         ("ours/ThreadingUDPServer", ["raw/udp-threads", "py/ThreadingUDPServer", "raw/udp"]),
         ("ours/ThreadPoolUDPServer", ["ours/ThreadingUDPServer", "py/ThreadingUDPServer", "raw/udp"]),
+        # Issue 11's fibers: the event-loop servers first (what fibers are measured against),
+        # then the thread-based servers they replace. The name is skipped while no run has it.
+        (
+            "ours/FiberTCPServer",
+            ["raw/epoll", "asio/async", "ours/ThreadingTCPServer", "ours/ThreadPoolTCPServer"],
+        ),
         (
             "ours/ThreadingUnixStreamServer",
             ["raw/threads", "py/ThreadingUnixStreamServer", "asio/blocking", "asio/async",
@@ -201,35 +207,122 @@ def timed_section(label, servers):
 
 
 def idle_section(label, servers):
-    rows = []
-    per_conn = {}
+    """The idle workload: with active clients (--active A > 0), their rate, CPU and latency
+    with the idle connections open and without (the baseline), then the server's memory and
+    threads; with none, only the memory table. Returns the text and {server: figures}."""
+    runs_of = list(servers.values())
+    with_active = any(number(r, "active") > 0 for runs in runs_of for r in runs)
+    figures = {}
+    active_rows, memory_rows = [], []
     for server, runs in servers.items():
         kib = Stat([number(r, "rss_per_conn_kib") for r in runs])
-        per_conn[server] = kib
-        rows.append(
+        rate = Stat([number(r, "rate") for r in runs])
+        cpu = Stat([number(r, "cpu_us_per_op") for r in runs])
+        p99 = Stat([number(r, "p99_us") for r in runs])
+        base_p99 = Stat([number(r, "base_p99_us") for r in runs])
+        # p99 with idle / p99 without, paired within each run (the same server process).
+        p99_ratio = Stat([number(r, "p99_us") / number(r, "base_p99_us")
+                          if number(r, "base_p99_us") > 0 else math.nan for r in runs])
+        threads = Stat([number(r, "threads") for r in runs])
+        figures[server] = {"kib": kib, "rate": rate, "cpu": cpu, "p99": p99,
+                           "p99_ratio": p99_ratio, "threads": threads,
+                           "cpus": Stat([number(r, "cpus") for r in runs])}
+        failed = sum(1 for r in runs if r.get("failed"))
+        if with_active:
+            errors = f"{total(runs, 'active_errors')} / {total(runs, 'base_errors')}"
+            served = not rate.ok or rate.max > 0
+            active_rows.append(
+                [
+                    server,
+                    fmt_spread(rate),
+                    fmt_spread(Stat([number(r, "base_rate") for r in runs])),
+                    fmt_spread(cpu) if served else "none served",
+                    fmt_spread(Stat([number(r, "base_cpu_us_per_op") for r in runs])),
+                    fmt(Stat([number(r, "p50_us") for r in runs]).median),
+                    fmt(p99.median),
+                    fmt(base_p99.median),
+                    fmt_spread(p99_ratio) if served else "none served",
+                    errors + (f", {failed} runs failed" if failed else ""),
+                ]
+            )
+        idle_errors = total(runs, "idle_errors") if with_active else total(runs, "errors")
+        causes = [f"{total(runs, key)} {what}" for key, what in
+                  (("idle_connect_failed", "no connect"), ("idle_unserved", "no echo"),
+                   ("idle_bad_echo", "bad echo"), ("idle_skipped", "not tried"),
+                   ("idle_closed", "closed by server")) if total(runs, key)]
+        tried = Stat([number(r, "idle_tried") for r in runs])
+        requested = Stat([number(r, "idle") for r in runs])
+        opened = Stat([number(r, "idle_open") for r in runs])
+        if not opened.ok:  # before idle_open existed: conns
+            opened = Stat([number(r, "conns") for r in runs])
+        conns = fmt(opened.median)
+        if tried.ok and requested.ok and tried.median < requested.median:
+            conns += f" (of {fmt(tried.median)} that fit the descriptor limit, {fmt(requested.median)} asked)"
+        elif tried.ok and opened.median < tried.median:
+            conns += f" of {fmt(tried.median)}"
+        memory_rows.append(
             [
                 server,
-                fmt(Stat([number(r, "conns") for r in runs]).median),
+                conns,
                 fmt(Stat([number(r, "rss_before_kib") for r in runs]).median / 1024),
                 fmt(Stat([number(r, "rss_kib") for r in runs]).median / 1024),
                 fmt_spread(kib),
                 fmt(Stat([number(r, "threads_before") for r in runs]).median),
-                fmt(Stat([number(r, "threads") for r in runs]).median),
-                str(total(runs, "errors")),
+                fmt(threads.median),
+                str(idle_errors) + (f" ({', '.join(causes)})" if causes else ""),
             ]
         )
-    text = "\n".join(
-        [
-            f"### {label}",
+    out = [f"### {label}", ""]
+    if with_active:
+        first = next((r for runs in runs_of for r in runs if r.get("loadgen_cpus")), {})
+        out += [
+            "Active clients (pingpong, 64-byte lines) with the idle connections open, and without "
+            "them (the baseline, the same server process just before). Errors: with idle / "
+            "without; an active client that gets no echo within 2 s counts one, and so does one "
+            "that completed nothing in the window.",
             "",
             table(
-                ["server", "connections", "RSS before MiB", "RSS with them MiB",
-                 "RSS KiB per connection", "threads before", "threads with them", "errors"],
-                rows,
+                ["server", "msg/s with idle", "msg/s without", "server CPU µs/msg with idle",
+                 "CPU µs/msg without", "p50 µs with idle", "p99 µs with idle", "p99 µs without",
+                 "p99 with / without", "errors"],
+                active_rows,
             ),
+            "",
         ]
+        if first:
+            out += [f"Placement: server on CPUs {first.get('server_cpus', '?')}, loadgen (idle and "
+                    f"active clients) on CPUs {first.get('loadgen_cpus', '?')}, of "
+                    f"{first.get('cpus', '?')}.", ""]
+    out.append(
+        table(
+            ["server", "idle connections open", "RSS without MiB", "RSS with them MiB",
+             "RSS KiB per idle connection", "threads without", "threads with them",
+             "idle errors"],
+            memory_rows,
+        )
     )
-    return text, per_conn
+    ratio_rows = []
+    for ours, peers in PEERS.items():
+        if ours not in figures:
+            continue
+        for peer in peers:
+            if peer not in figures:
+                continue
+            a, b = figures[ours], figures[peer]
+            row = [f"{ours} / {peer}"]
+            if with_active:
+                row += [ratio(a["cpu"], b["cpu"])[0], ratio(a["rate"], b["rate"])[0],
+                        ratio(a["p99"], b["p99"])[0]]
+            row.append(ratio(a["kib"], b["kib"])[0])
+            ratio_rows.append(row)
+    if ratio_rows:
+        header = ["ours / peer"]
+        if with_active:
+            header += ["CPU µs/msg ratio (with idle)", "rate ratio (with idle)",
+                       "p99 ratio (with idle)"]
+        header.append("RSS per idle connection ratio")
+        out += ["", table(header, ratio_rows)]
+    return "\n".join(out), figures
 
 
 def shutdown_section(results):
@@ -332,11 +425,30 @@ def targets_section(timed, idle, shutdown):
     p99 = shutdown.get(("ours/ThreadingTCPServer", "shutdown-idle"), math.nan)
     if not math.isnan(p99):
         rows.append(["shutdown() p99 < 1 ms (idle)", f"{fmt(p99)} µs", "met" if p99 < 1000 else "missed"])
-    for label, per_conn in idle.items():
-        kib = per_conn.get("ours/ThreadingTCPServer")
+    for label, figures in idle.items():
+        threading = figures.get("ours/ThreadingTCPServer")
+        kib = threading["kib"] if threading else None
         if kib is not None and kib.ok:
             rows.append([f"RSS per idle ThreadingTCPServer connection < 64 KiB ({label})",
                          f"{fmt(kib.median)} KiB", "met" if kib.max < 64 else "missed"])
+        # Issue 11's fiber targets, once ours/FiberTCPServer runs in this workload.
+        fiber = figures.get("ours/FiberTCPServer")
+        if fiber is None:
+            continue
+        threads, cpus = fiber["threads"], fiber["cpus"]
+        if threads.ok and cpus.ok:
+            limit = cpus.median + 4
+            rows.append([f"FiberTCPServer threads ≤ cores + 4 = {fmt(limit)} ({label})",
+                         fmt_spread(threads), "met" if threads.max <= limit else "missed"])
+        if fiber["kib"].ok and kib is not None and kib.ok and kib.median > 0:
+            value = fiber["kib"].median / kib.median
+            low, high = fiber["kib"].min / kib.max, fiber["kib"].max / kib.min
+            rows.append([f"FiberTCPServer RSS per idle connection ≤ 0.5× ThreadingTCPServer ({label})",
+                         f"{value:.2f} ({low:.2f}–{high:.2f})", verdict(value, low, high, 0.5)])
+        p99 = fiber["p99_ratio"]
+        if p99.ok:
+            rows.append([f"FiberTCPServer active p99 with idle ≤ 1.2× without ({label})",
+                         fmt_spread(p99), verdict(p99.median, p99.min, p99.max, 1.2)])
     if not rows:
         return ""
     return "\n".join(["## Targets", "", "Ratios are ours / peer by medians, with their range over "
@@ -420,8 +532,8 @@ def main():
         if label.startswith("shutdown-"):
             continue
         if label.startswith("idle"):
-            text, per_conn = idle_section(label, servers)
-            idle[label] = per_conn
+            text, figures = idle_section(label, servers)
+            idle[label] = figures
         else:
             text, stats, unit = timed_section(label, servers)
             timed[label] = (stats, unit)
