@@ -891,8 +891,8 @@ TEST_CASE("an empty host binds every interface", "[base_server][address]") {
 
 TEMPLATE_TEST_CASE("server_close removes the Unix socket file", "[base_server][unix]",
                    test::UnixStream, test::UnixDatagram, test::ThreadingUnixStream,
-                   test::ThreadingUnixDatagram, test::ForkingUnixStream,
-                   test::ForkingUnixDatagram) {
+                   test::ThreadingUnixDatagram, test::ForkingUnixStream, test::ForkingUnixDatagram,
+                   test::FiberUnixStream, test::FiberUnixDatagram) {
   using K = TestType;
   test::TempDir dir;
   const std::string path = dir.file("server.sock");

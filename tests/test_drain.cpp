@@ -34,6 +34,7 @@ using QuietTCP = Quiet<socketserver::tcp_server_t>;
 using QuietThreading = Quiet<socketserver::threading_tcp_server_t>;
 using QuietForking = Quiet<socketserver::forking_tcp_server_t>;
 using QuietPool = Quiet<socketserver::thread_pool_tcp_server_t>;
+using QuietFiber = Quiet<socketserver::fiber_tcp_server_t>;
 
 // Sends a line and returns the reply; "" if the server closed the connection without one
 // (a server that closes with the line unread resets the connection: not an error here).
@@ -66,7 +67,7 @@ bool wait_accepted(Server& server, std::uint64_t n) {
 }  // namespace
 
 TEMPLATE_TEST_CASE("stats count accepted, completed, failed and rejected requests", "[stats]",
-                   QuietTCP, QuietThreading, QuietForking, QuietPool) {
+                   QuietTCP, QuietThreading, QuietForking, QuietPool, QuietFiber) {
   TestType server({"127.0.0.1", 0});
   {
     test::Serving<TestType> serving(server);
@@ -96,7 +97,7 @@ TEST_CASE("a synchronous server's drain just closes", "[drain]") {
 }
 
 TEMPLATE_TEST_CASE("drain lets a request in flight finish within the grace period", "[drain]",
-                   QuietThreading, QuietForking, QuietPool) {
+                   QuietThreading, QuietForking, QuietPool, QuietFiber) {
   TestType server({"127.0.0.1", 0});
   socketserver::socket client;
   {
@@ -116,7 +117,7 @@ TEMPLATE_TEST_CASE("drain lets a request in flight finish within the grace perio
 }
 
 TEMPLATE_TEST_CASE("drain cuts what is still running after the grace period", "[drain]",
-                   QuietThreading, QuietForking, QuietPool) {
+                   QuietThreading, QuietForking, QuietPool, QuietFiber) {
   TestType server({"127.0.0.1", 0});
   socketserver::socket client;
   {
@@ -169,6 +170,7 @@ struct QuietKeepAlive : Server<KeepAlive, QuietKeepAlive<Server>> {
 
 using QuietUnixThreading = Quiet<socketserver::threading_unix_stream_server_t>;
 using QuietUnixPool = Quiet<socketserver::thread_pool_unix_stream_server_t>;
+using QuietUnixFiber = Quiet<socketserver::fiber_unix_stream_server_t>;
 
 // Reads one reply line (up to '\n'); "" if the connection ended first.
 std::string read_line(const socketserver::socket& c) {
@@ -194,8 +196,8 @@ socketserver::address listen_address(test::TempDir& dir) {
 }  // namespace
 
 TEMPLATE_TEST_CASE("drain serves every connection already queued in the listen backlog", "[drain]",
-                   QuietTCP, QuietThreading, QuietForking, QuietPool, QuietUnixThreading,
-                   QuietUnixPool) {
+                   QuietTCP, QuietThreading, QuietForking, QuietPool, QuietFiber,
+                   QuietUnixThreading, QuietUnixPool, QuietUnixFiber) {
   test::TempDir dir;
   TestType server(listen_address<TestType>(dir));
   { test::Serving<TestType> serving(server); }  // served and stopped: nobody accepts now
@@ -214,7 +216,7 @@ TEMPLATE_TEST_CASE("drain serves every connection already queued in the listen b
 }
 
 TEMPLATE_TEST_CASE("after the drain, new connections are refused", "[drain]", QuietThreading,
-                   QuietUnixThreading) {
+                   QuietUnixThreading, QuietFiber, QuietUnixFiber) {
   test::TempDir dir;
   TestType server(listen_address<TestType>(dir));
   const socketserver::address where = server.server_address;
@@ -225,7 +227,8 @@ TEMPLATE_TEST_CASE("after the drain, new connections are refused", "[drain]", Qu
 TEMPLATE_TEST_CASE("handlers see server.draining() once drain() has started", "[drain]",
                    QuietKeepAlive<socketserver::threading_tcp_server_t>,
                    QuietKeepAlive<socketserver::forking_tcp_server_t>,
-                   QuietKeepAlive<socketserver::thread_pool_tcp_server_t>) {
+                   QuietKeepAlive<socketserver::thread_pool_tcp_server_t>,
+                   QuietKeepAlive<socketserver::fiber_tcp_server_t>) {
   TestType server({"127.0.0.1", 0});
   CHECK_FALSE(server.draining());
   socketserver::socket client;
@@ -253,7 +256,9 @@ TEMPLATE_TEST_CASE("an idle keep-alive client does not hold the drain for the gr
                    "[drain]", QuietKeepAlive<socketserver::threading_tcp_server_t>,
                    QuietKeepAlive<socketserver::forking_tcp_server_t>,
                    QuietKeepAlive<socketserver::thread_pool_tcp_server_t>,
-                   QuietKeepAlive<socketserver::threading_unix_stream_server_t>) {
+                   QuietKeepAlive<socketserver::threading_unix_stream_server_t>,
+                   QuietKeepAlive<socketserver::fiber_tcp_server_t>,
+                   QuietKeepAlive<socketserver::fiber_unix_stream_server_t>) {
   test::TempDir dir;
   TestType server(listen_address<TestType>(dir));
   socketserver::socket client;

@@ -666,7 +666,7 @@ std::size_t count_of(const std::string& haystack, const std::string& needle) {
 
 #define PEER_STREAM_KINDS                                                                       \
   test::TCP, test::UnixStream, test::ThreadingTCP, test::ThreadingUnixStream, test::ForkingTCP, \
-      test::ForkingUnixStream, PoolTCP
+      test::ForkingUnixStream, PoolTCP, test::FiberTCP, test::FiberUnixStream
 
 TEMPLATE_TEST_CASE(
     "a client reset mid-request counts as a disconnect, not an error, and is not printed",
@@ -720,7 +720,7 @@ TEMPLATE_TEST_CASE("an idle client cut off by the handler timeout counts as a ti
 
 TEMPLATE_TEST_CASE("an overridden handle_error still sees disconnects and timeouts",
                    "[errors][disconnect][timeout]", test::TCP, test::ThreadingTCP,
-                   test::ThreadingUnixStream, PoolTCP) {
+                   test::ThreadingUnixStream, PoolTCP, test::FiberTCP) {
   using K = TestType;
   test::TempDir dir;
   StderrCapture capture;

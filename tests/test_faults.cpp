@@ -426,10 +426,10 @@ bool wait_exited(pid_t pid, std::chrono::milliseconds within) {
 
 #define STREAM_KINDS                                                                            \
   test::TCP, test::UnixStream, test::ThreadingTCP, test::ThreadingUnixStream, test::ForkingTCP, \
-      test::ForkingUnixStream
+      test::ForkingUnixStream, test::FiberTCP, test::FiberUnixStream
 #define DATAGRAM_KINDS                                                            \
   test::UDP, test::UnixDatagram, test::ThreadingUDP, test::ThreadingUnixDatagram, \
-      test::ForkingUDP, test::ForkingUnixDatagram
+      test::ForkingUDP, test::ForkingUnixDatagram, test::FiberUDP, test::FiberUnixDatagram
 
 // --- Peer faults -------------------------------------------------------------------------------
 

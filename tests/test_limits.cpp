@@ -57,7 +57,7 @@ struct LineEcho : ss::StreamRequestHandler<> {
 
 #define STREAM_KINDS                                                                            \
   test::TCP, test::UnixStream, test::ThreadingTCP, test::ThreadingUnixStream, test::ForkingTCP, \
-      test::ForkingUnixStream
+      test::ForkingUnixStream, test::FiberTCP, test::FiberUnixStream
 
 // --- A thousand concurrent connections ---------------------------------------------------------
 

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// Behaviour every server type shares, checked for all sixteen: the four synchronous servers
+// Behaviour every server type shares, checked for all twenty: the four synchronous servers
 // and the twelve threading/forking/pool ones (CPython's test_socketserver, case by case).
 #include <atomic>
 #include <string>

@@ -428,6 +428,12 @@ class BaseServer : public any_server {
     return changed.wait_until(lock, deadline, done);
   }
 
+  /// Until when the serve loop stops accepting after running out of descriptors (see
+  /// handle_get_request_error()): a loop of a mix-in's own honours it too.
+  detail::clock::time_point accept_paused_until() const noexcept {
+    return accept_backoff_.paused_until();
+  }
+
   /// How long drain_backlog() waits for TCP handshakes under way (beyond Python).
   static constexpr std::chrono::milliseconds drain_settle{50};
 

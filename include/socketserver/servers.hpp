@@ -1,10 +1,11 @@
 // SPDX-License-Identifier: MIT
 // The ready-made servers: the four synchronous ones, the eight mixed-in types of Python and
-// the four thread-pool ones; every one of them can also prefork (PreforkMixIn).
+// the four thread-pool and four fiber ones; every one of them can also prefork (PreforkMixIn).
 #pragma once
 
 #include <type_traits>  // std::conditional_t, std::is_void_v
 
+#include "fibers.hpp"
 #include "forking.hpp"
 #include "prefork.hpp"
 #include "tcp_server.hpp"
@@ -68,6 +69,14 @@ using thread_pool_unix_stream_server_t =
 template <class H, class D>
 using thread_pool_unix_datagram_server_t =
     PreforkMixIn<ThreadPoolMixIn<basic_unix_datagram_server<H, D>>>;
+template <class H, class D>
+using fiber_tcp_server_t = PreforkMixIn<FiberMixIn<basic_tcp_server<H, D>>>;
+template <class H, class D>
+using fiber_udp_server_t = PreforkMixIn<FiberMixIn<basic_udp_server<H, D>>>;
+template <class H, class D>
+using fiber_unix_stream_server_t = PreforkMixIn<FiberMixIn<basic_unix_stream_server<H, D>>>;
+template <class H, class D>
+using fiber_unix_datagram_server_t = PreforkMixIn<FiberMixIn<basic_unix_datagram_server<H, D>>>;
 
 // Python's classes. `Handler` is the RequestHandlerClass. `Derived` is your own server class
 // when you subclass one (CRTP): `struct MyServer : ThreadingTCPServer<MyHandler, MyServer>`.
@@ -109,5 +118,15 @@ using ThreadPoolUnixStreamServer =
 template <class Handler, class Derived = void>
 using ThreadPoolUnixDatagramServer =
     server_type_t<thread_pool_unix_datagram_server_t, Handler, Derived>;
+
+// Beyond Python: each request on a fiber of a few event-loop threads (fibers.hpp).
+template <class Handler, class Derived = void>
+using FiberTCPServer = server_type_t<fiber_tcp_server_t, Handler, Derived>;
+template <class Handler, class Derived = void>
+using FiberUDPServer = server_type_t<fiber_udp_server_t, Handler, Derived>;
+template <class Handler, class Derived = void>
+using FiberUnixStreamServer = server_type_t<fiber_unix_stream_server_t, Handler, Derived>;
+template <class Handler, class Derived = void>
+using FiberUnixDatagramServer = server_type_t<fiber_unix_datagram_server_t, Handler, Derived>;
 
 }  // namespace socketserver

@@ -130,6 +130,7 @@ class socket_view {
     }
     setsockopt(SOL_SOCKET, SO_RCVTIMEO, tv);
     setsockopt(SOL_SOCKET, SO_SNDTIMEO, tv);
+    if (detail::fiber_waiting != nullptr) detail::fiber_waiting->timeout_changed(fd_);
   }
   /// Python's gettimeout(): nullopt when blocking without a timeout.
   timeout_type gettimeout() const {
@@ -237,7 +238,9 @@ class socket : public socket_view {
   /// Closes the descriptor; fileno() is -1 afterwards. Closing twice is harmless.
   void close() noexcept {
     // No EINTR retry: on Linux the descriptor is released even when close() is interrupted.
-    if (fd_ >= 0) ::close(std::exchange(fd_, -1));
+    if (fd_ < 0) return;
+    if (detail::fiber_waiting != nullptr) detail::fiber_waiting->closing(fd_);
+    ::close(std::exchange(fd_, -1));
   }
   /// Gives up ownership and returns the descriptor.
   int detach() noexcept { return std::exchange(fd_, -1); }

@@ -22,6 +22,7 @@ LAYERS = [
     ("detail: fiber stacks", ["detail/fiber_stack.hpp"]),
     ("detail: fiber overflow report", ["detail/fiber_overflow.hpp"]),
     ("detail: fiber contexts", ["detail/fiber_context.hpp"]),
+    ("detail: fiber loop", ["detail/fiber_loop.hpp"]),
     ("values", ["version.hpp", "error.hpp", "strict_bool.hpp", "stats.hpp"]),
     ("address", ["address.hpp"]),
     ("socket", ["socket.hpp"]),
@@ -32,12 +33,13 @@ LAYERS = [
     ("TCPServer", ["tcp_server.hpp"]),
     ("UDPServer", ["udp_server.hpp"]),
     ("Unix servers", ["unix_server.hpp"]),
-    ("mix-ins", ["threading.hpp", "forking.hpp", "thread_pool.hpp", "prefork.hpp"]),
+    ("mix-ins", ["threading.hpp", "forking.hpp", "thread_pool.hpp", "prefork.hpp",
+                 "fibers.hpp"]),
     ("server types", ["servers.hpp"]),
 ]
 # What the smallest server header must not pull in.
 NOT_UNDER_TCP_SERVER = ["detail/process.hpp", "prefork.hpp", "forking.hpp", "threading.hpp",
-                        "thread_pool.hpp", "servers.hpp"]
+                        "thread_pool.hpp", "fibers.hpp", "detail/fiber_loop.hpp", "servers.hpp"]
 
 
 def main():

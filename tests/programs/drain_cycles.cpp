@@ -3,8 +3,8 @@
 // stopped by SIGTERM + drain(), under load from connect-per-request and persistent clients.
 // Counts requests that were sent and neither answered nor refused before sending (the
 // connection refused, or ended by the server before the client sent): must be 0.
-//   drain_cycles [CYCLES=20] [CONNECT_CLIENTS=20] [PERSISTENT_CLIENTS=4] [KIND=pool|threading]
-//   (drain_cycles --serve PORT KIND: the server, started by the above)
+//   drain_cycles [CYCLES=20] [CONNECT_CLIENTS=20] [PERSISTENT_CLIENTS=4]
+//   [KIND=pool|threading|fiber] (drain_cycles --serve PORT KIND: the server, started by the above)
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
@@ -40,6 +40,9 @@ struct PoolServer : Reusable<socketserver::ThreadPoolTCPServer<Echo, PoolServer>
   using Reusable::Reusable;
 };
 struct ThreadingServer : Reusable<socketserver::ThreadingTCPServer<Echo, ThreadingServer>> {
+  using Reusable::Reusable;
+};
+struct FiberServer : Reusable<socketserver::FiberTCPServer<Echo, FiberServer>> {
   using Reusable::Reusable;
 };
 
@@ -132,8 +135,10 @@ void persistent(int port, int id) {
 int main(int argc, char** argv) {
   if (argc >= 4 && std::string(argv[1]) == "--serve") {
     const int port = std::atoi(argv[2]);
-    return std::string(argv[3]) == "threading" ? serve<ThreadingServer>(port)
-                                               : serve<PoolServer>(port);
+    const std::string kind = argv[3];
+    return kind == "threading" ? serve<ThreadingServer>(port)
+           : kind == "fiber"   ? serve<FiberServer>(port)
+                               : serve<PoolServer>(port);
   }
   const int cycles = argc > 1 ? std::atoi(argv[1]) : 20;
   const int connecting = argc > 2 ? std::atoi(argv[2]) : 20;

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// Test support: temporary directories, clients, a serving thread, and the sixteen server kinds.
+// Test support: temporary directories, clients, a serving thread, and the twenty server kinds.
 #pragma once
 
 #include <dirent.h>
@@ -170,9 +170,9 @@ inline bool has_children() {
   return ::waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT) == 0 && info.si_pid != 0;
 }
 
-// --- The sixteen server kinds, for TEMPLATE_TEST_CASE -----------------------------------
+// --- The twenty server kinds, for TEMPLATE_TEST_CASE -----------------------------------
 
-enum class Concurrency { sync, threading, forking, pool };
+enum class Concurrency { sync, threading, forking, pool, fiber };
 
 template <template <class, class> class Server, bool Stream, int Family, Concurrency C>
 struct Kind {
@@ -212,6 +212,11 @@ using PoolUDP = Kind<ss::thread_pool_udp_server_t, false, AF_INET, Concurrency::
 using PoolUnixStream = Kind<ss::thread_pool_unix_stream_server_t, true, AF_UNIX, Concurrency::pool>;
 using PoolUnixDatagram =
     Kind<ss::thread_pool_unix_datagram_server_t, false, AF_UNIX, Concurrency::pool>;
+using FiberTCP = Kind<ss::fiber_tcp_server_t, true, AF_INET, Concurrency::fiber>;
+using FiberUDP = Kind<ss::fiber_udp_server_t, false, AF_INET, Concurrency::fiber>;
+using FiberUnixStream = Kind<ss::fiber_unix_stream_server_t, true, AF_UNIX, Concurrency::fiber>;
+using FiberUnixDatagram =
+    Kind<ss::fiber_unix_datagram_server_t, false, AF_UNIX, Concurrency::fiber>;
 
 /// Sends `message` to the server the way its kind needs and returns the reply: a stream
 /// client writes, shuts down its sending side and reads to end of stream; a datagram client
@@ -231,8 +236,9 @@ std::string round_trip(const ss::address& server, const std::string& message, co
 
 }  // namespace test
 
-#define SOCKETSERVER_ALL_KINDS                                                                \
-  test::TCP, test::UDP, test::UnixStream, test::UnixDatagram, test::ThreadingTCP,             \
-      test::ThreadingUDP, test::ThreadingUnixStream, test::ThreadingUnixDatagram,             \
-      test::ForkingTCP, test::ForkingUDP, test::ForkingUnixStream, test::ForkingUnixDatagram, \
-      test::PoolTCP, test::PoolUDP, test::PoolUnixStream, test::PoolUnixDatagram
+#define SOCKETSERVER_ALL_KINDS                                                                    \
+  test::TCP, test::UDP, test::UnixStream, test::UnixDatagram, test::ThreadingTCP,                 \
+      test::ThreadingUDP, test::ThreadingUnixStream, test::ThreadingUnixDatagram,                 \
+      test::ForkingTCP, test::ForkingUDP, test::ForkingUnixStream, test::ForkingUnixDatagram,     \
+      test::PoolTCP, test::PoolUDP, test::PoolUnixStream, test::PoolUnixDatagram, test::FiberTCP, \
+      test::FiberUDP, test::FiberUnixStream, test::FiberUnixDatagram

@@ -37,8 +37,15 @@ inline int ms_until(clock::time_point deadline) {
 }
 
 /// One poll() until `deadline`, as the system call returns it (-1 with errno on EINTR):
-/// no retry, and no block hook (for the hook itself to wait with).
+/// no retry, and no block hook (for the hook itself to wait with). On a fiber it suspends
+/// the fiber (blocking.hpp).
 inline int poll_once(pollfd* fds, nfds_t count, clock::time_point deadline) noexcept {
+  if (fiber_waiting != nullptr) {  // suspends the fiber, not the thread
+    try {
+      return fiber_waiting->poll(fds, count, deadline);
+    } catch (...) {  // the loop could not wait for these: block the thread instead
+    }
+  }
   if (deadline == clock::time_point::max()) return ::poll(fds, count, -1);
   const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(time_left(deadline));
 #if defined(__linux__)

@@ -1,0 +1,598 @@
+// SPDX-License-Identifier: MIT
+// fiber_loop: one thread's event loop and the fibers it runs (FiberMixIn has one per loop
+// thread). A fiber runs until the library's I/O would block; then it registers what it waits
+// for (a descriptor, a deadline) and switches back to the loop, which runs the next ready
+// fiber, or waits in epoll (poll where there is none) until one is. Fibers never move to
+// another thread, so their thread-locals stay valid.
+#pragma once
+
+#include <fcntl.h>  // fcntl, F_GETFL, O_NONBLOCK
+#include <poll.h>   // poll, pollfd, POLLIN, POLLOUT, POLLERR, POLLHUP, POLLNVAL
+#if defined(__linux__)
+#  include <sys/epoll.h>  // epoll_create1, epoll_ctl, epoll_wait
+#endif
+#include <sys/socket.h>  // getsockopt, SO_RCVTIMEO, SO_SNDTIMEO
+#include <sys/time.h>    // timeval
+#include <unistd.h>      // dup, close
+
+#include <algorithm>     // std::max, std::min
+#include <atomic>        // std::atomic
+#include <chrono>        // std::chrono::duration_cast
+#include <cstddef>       // std::size_t
+#include <cstdint>       // std::uintptr_t, std::uint64_t
+#include <cstdio>        // std::fprintf
+#include <cstdlib>       // std::abort
+#include <functional>    // std::function
+#include <memory>        // std::unique_ptr
+#include <mutex>         // std::mutex, std::lock_guard
+#include <optional>      // std::optional
+#include <string>        // std::to_string
+#include <system_error>  // std::system_error
+#include <utility>       // std::move, std::swap
+#include <vector>        // std::vector
+
+#include "blocking.hpp"  // fiber_waiter, fiber_waiting
+#include "errno.hpp"     // throw_errno, retry_on_eintr
+#include "exceptions.hpp"
+#include "fiber_context.hpp"
+#include "fiber_stack.hpp"
+#include "poll.hpp"  // ms_until
+#include "time.hpp"
+#include "wakeup.hpp"
+
+namespace socketserver {
+namespace detail {
+
+class fiber_loop;
+
+/// A function running on its own stack, on one loop.
+struct fiber {
+  enum class woke { none, ready, deadline };
+  fiber_loop* loop = nullptr;
+  std::optional<fiber_context> context;
+  fiber_stack stack;
+  std::function<void()> body;
+  woke reason = woke::none;
+  bool queued = false;    // on the ready list
+  bool finished = false;  // body() returned: the loop recycles it
+  static constexpr std::size_t no_timer = static_cast<std::size_t>(-1);
+  std::size_t timer_slot = no_timer;  // index in the loop's timer heap
+  clock::time_point deadline{};
+  clock::time_point resumed_at{};  // when the loop last switched to it (stall detection)
+  void* tag = nullptr;             // the spawner's, passed to the stall report
+  fiber* next = nullptr;           // ready list, free list
+};
+
+/// One thread's event loop (see the header comment). Every member is for the loop's own
+/// thread, except post(), stop() and the constructor/destructor.
+class fiber_loop final : public fiber_waiter {
+ public:
+  /// Called when a fiber ran without suspending for longer than the stall threshold.
+  /// Called when a fiber ran without suspending for longer than the stall threshold, with
+  /// its tag (see fiber::tag).
+  using stall_report = std::function<void(std::chrono::nanoseconds ran, void* tag)>;
+
+  explicit fiber_loop(std::size_t stack_size) : stacks_(stack_size) {
+#if defined(__linux__)
+    epoll_fd_ = ::epoll_create1(EPOLL_CLOEXEC);
+    if (epoll_fd_ < 0) throw_errno("epoll_create1");
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u64 = posted_tag;
+    if (::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, posted_wakeup_.fileno(), &ev) < 0) {
+      ::close(epoll_fd_);
+      throw_errno("epoll_ctl add (fiber loop wake-up)");
+    }
+#endif
+  }
+  fiber_loop(const fiber_loop&) = delete;
+  fiber_loop& operator=(const fiber_loop&) = delete;
+  ~fiber_loop() {
+    for (fiber* f = free_; f != nullptr;) delete std::exchange(f, f->next);
+#if defined(__linux__)
+    ::close(epoll_fd_);
+#endif
+  }
+
+  /// The loop running on this thread, or nullptr.
+  static fiber_loop* current() noexcept { return current_; }
+  /// The fiber running on this loop, or nullptr when the loop itself runs.
+  fiber* running() const noexcept { return running_; }
+  /// How many fibers are alive on this loop.
+  std::size_t fibers() const noexcept { return live_; }
+
+  /// Reports fibers that run longer than `threshold` without suspending (0: never).
+  void set_stall_report(std::chrono::nanoseconds threshold, stall_report report) {
+    stall_threshold_ = threshold;
+    stall_report_ = std::move(report);
+  }
+
+  /// Runs fibers until stop() has been called and none is left. On the loop's thread.
+  void run() {
+    install_fiber_overflow_reporter();
+    alternate_signal_stack signal_stack;
+    current_ = this;
+    struct leave {
+      ~leave() { current_ = nullptr; }
+    } leaving;
+    for (;;) {
+      run_posted();
+      run_ready();
+      if (stopping_.load(std::memory_order_acquire) && live_ == 0 && ready_head_ == nullptr &&
+          !has_posted())
+        return;
+      wait_for_events();
+    }
+  }
+
+  /// From any thread: run() returns once no fiber is left.
+  void stop() {
+    stopping_.store(true, std::memory_order_release);
+    posted_wakeup_.notify();
+  }
+
+  /// From any thread: runs fn on the loop's thread, outside any fiber (it must not wait;
+  /// it may spawn()).
+  void post(std::function<void()> fn) {
+    bool was_empty = false;
+    {
+      std::lock_guard<std::mutex> lock(posted_mutex_);
+      was_empty = posted_.empty();
+      posted_.push_back(std::move(fn));
+    }
+    if (was_empty) posted_wakeup_.notify();
+  }
+
+  /// Starts a fiber running body. On the loop's thread.
+  void spawn(std::function<void()> body) {
+    fiber* f = free_ != nullptr ? std::exchange(free_, free_->next) : new fiber;
+    try {
+      f->stack = stacks_.take();
+      f->context.emplace(f->stack, &fiber_main, f);
+    } catch (...) {
+      f->next = free_;
+      free_ = f;
+      throw;
+    }
+    f->loop = this;
+    f->body = std::move(body);
+    f->finished = false;
+    f->tag = nullptr;
+    f->next = nullptr;
+    ++live_;
+    make_ready(f, fiber::woke::ready);
+  }
+
+  /// Suspends the running fiber until wake(), or `deadline`: false at the deadline.
+  bool park_until(clock::time_point deadline) {
+    fiber* f = running_;
+    f->reason = fiber::woke::none;
+    if (deadline != clock::time_point::max()) timer_add(f, deadline);
+    suspend(f);
+    if (f->timer_slot != fiber::no_timer) timer_remove(f);
+    return f->reason != fiber::woke::deadline;
+  }
+
+  /// Lets the other ready fibers run first.
+  void yield() {
+    fiber* f = running_;
+    make_ready(f, fiber::woke::ready);
+    suspend(f);
+  }
+
+  /// Reports the running fiber if it has run past the stall threshold since it was resumed
+  /// (the loop checks each time a fiber suspends; a fiber checks itself before its tag's
+  /// object goes away).
+  void check_stall() noexcept {
+    fiber* f = running_;
+    if (f == nullptr || stall_threshold_.count() <= 0 || !stall_report_) return;
+    const auto ran = clock::now() - f->resumed_at;
+    if (ran <= stall_threshold_) return;
+    f->resumed_at = clock::now();  // once per stretch
+    try {
+      stall_report_(std::chrono::duration_cast<std::chrono::nanoseconds>(ran), f->tag);
+    } catch (...) {
+    }
+  }
+
+  /// Makes a parked fiber of this loop ready (its park_until() returns true).
+  void wake(fiber* f) { make_ready(f, fiber::woke::ready); }
+  /// Makes a parked fiber of this loop ready as if its deadline had come (false).
+  void interrupt(fiber* f) { make_ready(f, fiber::woke::deadline); }
+
+  /// Registers a socket that every loop waits on (the server's): one loop is woken per
+  /// event (EPOLLEXCLUSIVE). Level-triggered, so a wait after a failed accept (a connection
+  /// reset while queued) still sees the others queued; unwatch() while not accepting for a
+  /// while (it would wake the loop again and again) and before the socket closes.
+  void watch_shared(int fd) {
+    fd_state& s = state(fd);
+#if defined(__linux__)
+    epoll_event ev{};
+    ev.events = EPOLLIN | EPOLLEXCLUSIVE;
+    ev.data.u64 = static_cast<std::uint64_t>(fd) << 1;
+    if (::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev) < 0)
+      throw_errno("epoll_ctl add (server socket " + std::to_string(fd) + ")");
+#endif
+    s = fd_state{};
+    s.registered = s.shared = true;
+  }
+  void unwatch(int fd) noexcept { forget(fd); }
+
+  /// Marks `fd` as a connection this loop's fibers own until closing(fd): waits on it
+  /// register it once, edge-triggered, instead of once per wait.
+  void adopt(int fd) {
+    fd_state& s = state(fd);
+    if (s.registered) forget(fd);  // a number reused without closing() (a raw ::close())
+    s = fd_state{};
+    s.owned = true;
+  }
+
+  // --- fiber_waiter: the library's waits, on a fiber of this loop -------------------------
+
+  bool wait(int fd, short events, clock::time_point deadline) override {
+    if (fd >= 0 && static_cast<std::size_t>(fd) < fds_.size() &&
+        (events == POLLIN || events == POLLOUT)) {
+      fd_state& s = fds_[static_cast<std::size_t>(fd)];
+      if (s.owned || s.shared) {
+        fiber*& waiter = events == POLLIN ? s.reader : s.writer;
+        if (waiter == nullptr && (!s.shared || events == POLLIN)) {
+          bool& ready = events == POLLIN ? s.readable : s.writable;
+          if (ready) {  // an edge came while nobody waited: try again
+            ready = false;
+            return true;
+          }
+          if (!s.registered) register_owned(fd, s);
+          waiter = running_;
+          const bool woken = park_until(deadline);
+          // fds_ may have grown while the fiber was parked: look the slot up again.
+          fd_state& after = fds_[static_cast<std::size_t>(fd)];
+          fiber*& slot = events == POLLIN ? after.reader : after.writer;
+          if (slot == running_) slot = nullptr;
+          return woken;
+        }
+      }
+    }
+    pollfd p{fd, events, 0};
+    return poll(&p, 1, deadline) > 0;
+  }
+
+  int poll(pollfd* fds, nfds_t count, clock::time_point deadline) override {
+    for (nfds_t i = 0; i < count; ++i) fds[i].revents = 0;
+    int ready = ::poll(fds, count, 0);
+    if (ready != 0 || deadline <= clock::now()) return ready;
+    std::vector<one_wait> waits(count);
+    struct unregister {
+      fiber_loop& loop;
+      std::vector<one_wait>& waits;
+      ~unregister() {
+        for (one_wait& w : waits) loop.unregister_one(w);
+      }
+    } unregistering{*this, waits};
+    for (nfds_t i = 0; i < count; ++i) register_one(waits[i], fds[i]);
+    bool immediate = false;
+    for (const one_wait& w : waits) immediate = immediate || w.unwatchable;
+    if (!immediate) park_until(deadline);
+    for (one_wait& w : waits) unregister_one(w);
+    return ::poll(fds, count, 0);
+  }
+
+  clock::time_point call_deadline(int fd, short events) override {
+    if (fd < 0 || static_cast<std::size_t>(fd) >= fds_.size() ||
+        !fds_[static_cast<std::size_t>(fd)].timeout_set)
+      return clock::time_point::max();
+    const int flags = ::fcntl(fd, F_GETFL);
+    if (flags >= 0 && (flags & O_NONBLOCK) != 0) return clock::time_point::min();
+    timeval tv{};
+    socklen_t len = sizeof tv;
+    if (::getsockopt(fd, SOL_SOCKET, events == POLLIN ? SO_RCVTIMEO : SO_SNDTIMEO, &tv, &len) < 0 ||
+        (tv.tv_sec == 0 && tv.tv_usec == 0))
+      return clock::time_point::max();
+    return clock::now() + std::chrono::seconds(tv.tv_sec) + std::chrono::microseconds(tv.tv_usec);
+  }
+
+  void timeout_changed(int fd) noexcept override {
+    if (fd < 0) return;
+    try {
+      state(fd).timeout_set = true;
+    } catch (...) {  // out of memory: the timeout is then not honoured on this fiber
+    }
+  }
+
+  void closing(int fd) noexcept override { forget(fd); }
+
+ private:
+  // What the loop knows of a descriptor (indexed by its number).
+  struct fd_state {
+    fiber* reader = nullptr;  // the fiber waiting to read, or nullptr
+    fiber* writer = nullptr;
+    bool owned = false;       // adopt(): a connection of this loop's fibers
+    bool shared = false;      // watch_shared(): the server's socket
+    bool registered = false;  // in the epoll set, edge-triggered
+    bool readable = false;    // an edge came while nobody waited
+    bool writable = false;
+    bool timeout_set = false;  // settimeout() was called: call_deadline() asks the socket
+  };
+
+  // One descriptor of a poll() on a fiber: registered for one shot, with a duplicate when
+  // the descriptor is in the set already (the server's socket, another fiber's wait).
+  struct one_wait {
+    fiber_loop* loop = nullptr;
+    fiber* waiter = nullptr;
+    int fd = -1;  // the descriptor in the epoll set: the caller's or a dup
+    bool duplicate = false;
+    bool unwatchable = false;  // epoll refuses it (a regular file): poll() says it is ready
+  };
+
+  static constexpr std::uint64_t posted_tag = 1;  // odd: not a descriptor, not a one_wait*
+
+  fd_state& state(int fd) {
+    const auto i = static_cast<std::size_t>(fd);
+    if (i >= fds_.size()) fds_.resize(std::max<std::size_t>(i + 1, fds_.size() * 2));
+    return fds_[i];
+  }
+
+  void register_owned(int fd, fd_state& s) {
+#if defined(__linux__)
+    epoll_event ev{};
+    ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+    ev.data.u64 = static_cast<std::uint64_t>(fd) << 1;
+    if (::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev) < 0 && errno != EEXIST)
+      throw_errno("epoll_ctl add (connection " + std::to_string(fd) + ")");
+#endif
+    s.registered = true;
+  }
+
+  void forget(int fd) noexcept {
+    if (fd < 0 || static_cast<std::size_t>(fd) >= fds_.size()) return;
+    fd_state& s = fds_[static_cast<std::size_t>(fd)];
+#if defined(__linux__)
+    if (s.registered) (void)::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
+#endif
+    // A fiber still parked on it is woken, as a closed descriptor's poll() would say.
+    if (s.reader != nullptr) wake(s.reader);
+    if (s.writer != nullptr && s.writer != s.reader) wake(s.writer);
+    s = fd_state{};
+  }
+
+  void register_one(one_wait& w, const pollfd& p) {
+    w.loop = this;
+    w.waiter = running_;
+    if (p.fd < 0) return;
+#if defined(__linux__)
+    epoll_event ev{};
+    ev.events = EPOLLONESHOT | EPOLLRDHUP;
+    if ((p.events & POLLIN) != 0) ev.events |= EPOLLIN;
+    if ((p.events & POLLOUT) != 0) ev.events |= EPOLLOUT;
+    ev.data.u64 = static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(&w)) | 1u;
+    w.fd = p.fd;
+    if (::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, w.fd, &ev) == 0) return;
+    if (errno == EEXIST) {
+      w.fd = ::fcntl(p.fd, F_DUPFD_CLOEXEC, 0);
+      if (w.fd < 0) throw_errno("dup (to wait on a fiber)");
+      w.duplicate = true;
+      if (::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, w.fd, &ev) == 0) return;
+    }
+    const int err = errno;
+    unregister_one(w);
+    if (err == EPERM) {  // always ready, as poll() says of a regular file
+      w.unwatchable = true;
+      return;
+    }
+    throw std::system_error(err, std::system_category(),
+                            "epoll_ctl add (wait on descriptor " + std::to_string(p.fd) + ")");
+#endif
+  }
+
+  void unregister_one(one_wait& w) noexcept {
+    if (w.fd < 0) return;
+#if defined(__linux__)
+    (void)::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, w.fd, nullptr);
+#endif
+    if (w.duplicate) ::close(w.fd);
+    w.fd = -1;
+    w.duplicate = false;
+  }
+
+  static void fiber_main(void* arg) {
+    fiber* f = static_cast<fiber*>(arg);
+    try {
+      f->body();
+    } catch (forced_unwind&) {
+      std::fprintf(stderr,
+                   "socketserver: a fiber's thread was ended (pthread_exit() or cancellation in "
+                   "a handler): not supported on fibers\n");
+      std::abort();
+    } catch (...) {
+      std::fprintf(stderr, "socketserver: fiber ended with %s\n",
+                   describe_current_exception().c_str());
+    }
+    f->body = nullptr;
+    f->tag = nullptr;
+    f->finished = true;
+    fiber_context::exit_to(*f->context, f->loop->loop_context_);
+  }
+
+  void suspend(fiber* f) noexcept {
+    check_stall();
+    fiber_context::switch_to(*f->context, loop_context_);
+  }
+
+  void make_ready(fiber* f, fiber::woke reason) {
+    if (f->queued) return;
+    f->queued = true;
+    f->reason = reason;
+    f->next = nullptr;
+    if (ready_tail_ != nullptr)
+      ready_tail_->next = f;
+    else
+      ready_head_ = f;
+    ready_tail_ = f;
+  }
+
+  // Runs the fibers ready now (not those they make ready: events are looked at in between).
+  void run_ready() {
+    fiber* f = std::exchange(ready_head_, nullptr);
+    ready_tail_ = nullptr;
+    while (f != nullptr) {
+      fiber* next = f->next;
+      f->queued = false;
+      resume(f);
+      f = next;
+    }
+  }
+
+  void resume(fiber* f) {
+    running_ = f;
+    fiber_waiting = this;
+    set_running_fiber(&f->stack, nullptr);
+    if (stall_threshold_.count() > 0) f->resumed_at = clock::now();
+    fiber_context::switch_to(loop_context_, *f->context);
+    fiber_waiting = nullptr;
+    running_ = nullptr;
+    set_running_fiber(nullptr, nullptr);
+    if (f->finished) recycle(f);
+  }
+
+  void recycle(fiber* f) noexcept {
+    --live_;
+    f->context.reset();
+    stacks_.give_back(std::move(f->stack));
+    f->next = free_;
+    free_ = f;
+  }
+
+  bool has_posted() {
+    std::lock_guard<std::mutex> lock(posted_mutex_);
+    return !posted_.empty();
+  }
+
+  void run_posted() {
+    {
+      std::lock_guard<std::mutex> lock(posted_mutex_);
+      if (posted_.empty()) return;
+      running_posted_.swap(posted_);
+    }
+    posted_wakeup_.drain();
+    for (auto& fn : running_posted_) {
+      try {
+        fn();
+      } catch (...) {
+        std::fprintf(stderr, "socketserver: fiber loop task failed: %s\n",
+                     describe_current_exception().c_str());
+      }
+    }
+    running_posted_.clear();
+  }
+
+  // Waits for descriptors and the next deadline; makes the fibers they concern ready.
+  void wait_for_events() {
+    const clock::time_point next_deadline = ready_head_ != nullptr ? clock::time_point::min()
+                                            : timers_.empty()      ? clock::time_point::max()
+                                                                   : timers_.front()->deadline;
+    const int timeout_ms = next_deadline == clock::time_point::min() ? 0 : ms_until(next_deadline);
+#if defined(__linux__)
+    epoll_event events[256];
+    const int n = ::epoll_wait(epoll_fd_, events, 256, timeout_ms);
+    if (n < 0 && errno != EINTR) throw_errno("epoll_wait");
+    for (int i = 0; i < n; ++i) dispatch(events[i].data.u64, events[i].events);
+#endif
+    const auto now = clock::now();
+    while (!timers_.empty() && timers_.front()->deadline <= now) {
+      fiber* f = timers_.front();
+      timer_remove(f);
+      make_ready(f, fiber::woke::deadline);
+    }
+  }
+
+  void dispatch(std::uint64_t tag, std::uint32_t events) {
+    if (tag == posted_tag) return;  // run_posted() takes them
+    if ((tag & 1u) != 0) {          // a one-shot wait of poll()
+      auto* w = reinterpret_cast<one_wait*>(static_cast<std::uintptr_t>(tag & ~std::uint64_t{1}));
+      if (w->waiter != nullptr) make_ready(w->waiter, fiber::woke::ready);
+      return;
+    }
+    const auto fd = static_cast<std::size_t>(tag >> 1);
+    if (fd >= fds_.size()) return;
+    fd_state& s = fds_[fd];
+#if defined(__linux__)
+    if ((events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) != 0) {
+      if (s.reader != nullptr)
+        make_ready(s.reader, fiber::woke::ready);
+      else
+        s.readable = true;
+    }
+    if ((events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) != 0) {
+      if (s.writer != nullptr)
+        make_ready(s.writer, fiber::woke::ready);
+      else
+        s.writable = true;
+    }
+#endif
+  }
+
+  // --- the timer heap: a min-heap on deadline; each fiber knows its slot ------------------
+
+  void timer_add(fiber* f, clock::time_point deadline) {
+    f->deadline = deadline;
+    f->timer_slot = timers_.size();
+    timers_.push_back(f);
+    sift_up(f->timer_slot);
+  }
+  void timer_remove(fiber* f) noexcept {
+    const std::size_t slot = f->timer_slot;
+    f->timer_slot = fiber::no_timer;
+    fiber* last = timers_.back();
+    timers_.pop_back();
+    if (last == f) return;
+    timers_[slot] = last;
+    last->timer_slot = slot;
+    sift_down(slot);
+    sift_up(last->timer_slot);
+  }
+  void sift_up(std::size_t i) noexcept {
+    while (i > 0) {
+      const std::size_t parent = (i - 1) / 2;
+      if (!(timers_[i]->deadline < timers_[parent]->deadline)) break;
+      swap_slots(i, parent);
+      i = parent;
+    }
+  }
+  void sift_down(std::size_t i) noexcept {
+    for (;;) {
+      std::size_t least = i;
+      for (std::size_t child = 2 * i + 1; child <= 2 * i + 2 && child < timers_.size(); ++child)
+        if (timers_[child]->deadline < timers_[least]->deadline) least = child;
+      if (least == i) return;
+      swap_slots(i, least);
+      i = least;
+    }
+  }
+  void swap_slots(std::size_t a, std::size_t b) noexcept {
+    std::swap(timers_[a], timers_[b]);
+    timers_[a]->timer_slot = a;
+    timers_[b]->timer_slot = b;
+  }
+
+  inline static thread_local fiber_loop* current_ = nullptr;
+
+  fiber_stack_pool stacks_;
+  fiber_context loop_context_;
+  fiber* running_ = nullptr;
+  fiber* ready_head_ = nullptr;
+  fiber* ready_tail_ = nullptr;
+  fiber* free_ = nullptr;
+  std::size_t live_ = 0;
+  std::vector<fiber*> timers_;
+  std::vector<fd_state> fds_;
+  std::chrono::nanoseconds stall_threshold_{0};
+  stall_report stall_report_;
+  std::atomic<bool> stopping_{false};
+  std::mutex posted_mutex_;
+  std::vector<std::function<void()>> posted_;
+  std::vector<std::function<void()>> running_posted_;
+  wakeup posted_wakeup_;
+  int epoll_fd_ = -1;
+};
+
+}  // namespace detail
+}  // namespace socketserver

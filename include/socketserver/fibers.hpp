@@ -1,0 +1,461 @@
+// SPDX-License-Identifier: MIT
+// FiberMixIn: each request on a fiber (a stackful coroutine) of a few event-loop threads.
+#pragma once
+
+#include <poll.h>        // pollfd, POLLIN
+#include <sys/socket.h>  // shutdown, SHUT_RDWR
+
+#include <atomic>              // std::atomic
+#include <chrono>              // std::chrono::duration
+#include <condition_variable>  // std::condition_variable
+#include <cstddef>             // std::size_t
+#include <cstdio>              // std::fprintf
+#include <memory>              // std::unique_ptr
+#include <mutex>               // std::mutex, std::unique_lock, std::lock_guard
+#include <system_error>        // std::system_error
+#include <thread>              // std::thread
+#include <utility>             // std::move
+#include <vector>              // std::vector
+
+#include "address.hpp"
+#include "base_server.hpp"  // detail::is_stream
+#include "detail/exceptions.hpp"
+#include "detail/fd.hpp"
+#include "detail/fiber_loop.hpp"
+#include "detail/poll.hpp"
+#include "detail/time.hpp"
+#include "socket.hpp"
+
+namespace socketserver {
+
+/// Waits for `duration`: on a fiber, only that fiber waits (its loop runs the others);
+/// elsewhere, the thread sleeps.
+inline void sleep_for(std::chrono::duration<double> duration) {
+  const auto until =
+      detail::clock::now() + std::chrono::duration_cast<detail::clock::duration>(duration);
+  detail::fiber_loop* loop = detail::fiber_loop::current();
+  if (loop != nullptr && loop->running() != nullptr) {
+    while (detail::clock::now() < until) loop->park_until(until);
+  } else {
+    std::this_thread::sleep_until(until);
+  }
+}
+
+/// Handles each request on a fiber (beyond Python): the handler's blocking reads and writes
+/// through the library (rfile, wfile, request.recv()/send()/sendall(), their timeouts) and
+/// socketserver::sleep_for() suspend only its fiber, and the loop thread runs another. So a
+/// few threads hold many long-lived connections, with the handler code of a
+/// ThreadingMixIn server. Compose it over a server: `FiberMixIn<basic_tcp_server<H, D>>`.
+///
+/// The rule: a handler that blocks outside the library (a long computation, a raw ::recv(),
+/// a blocking client library, std::this_thread::sleep_for) stalls every fiber of its loop.
+/// Such a stretch longer than stall_threshold is reported through handle_stall().
+///
+/// - loop_threads (0 = one per core): event-loop threads, each with its own epoll set. Every
+///   loop accepts from the server's socket (a connection wakes one loop: EPOLLEXCLUSIVE) and
+///   serves what it accepted; a fiber never moves to another thread.
+/// - fiber_stack_size (256 KiB): each fiber's stack, mmap'd with a guard page below it; only
+///   the pages a handler touches are resident, so the size is a ceiling, not a cost. A
+///   handler that overflows it hits the guard page and the process reports a fiber stack
+///   overflow.
+/// - stall_threshold (100 ms; 0: off): see handle_stall().
+/// - block_on_close (true): server_close() waits for the fibers still running.
+///
+/// shutdown() stops accepting at once; the requests in flight go on until server_close()
+/// (which waits for them when block_on_close) or drain(). The destructor never lets a fiber
+/// outlive the server: it shuts down their connections and waits.
+template <class Base>
+class FiberMixIn : public Base {
+ public:
+  using request_type = typename Base::request_type;
+
+  std::size_t loop_threads = 0;
+  std::size_t fiber_stack_size = 256 * 1024;
+  std::chrono::duration<double> stall_threshold = std::chrono::milliseconds(100);
+  bool block_on_close = true;
+
+  using Base::Base;
+  FiberMixIn(const FiberMixIn&) = delete;
+  FiberMixIn& operator=(const FiberMixIn&) = delete;
+  ~FiberMixIn() {
+    FiberMixIn::server_close();
+    cut_all();
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      idle_.wait(lock, [&] { return active_ == 0; });
+    }
+    stop_loops();
+  }
+
+  /// Serves until shutdown(): every loop accepts and runs the requests as fibers; this
+  /// thread waits for shutdown() and calls service_actions() every poll_interval (and the
+  /// loop that took a request, after it).
+  void serve_forever(
+      std::chrono::duration<double> poll_interval = std::chrono::duration<double>(0.5)) {
+    auto serving = this->begin_serving();
+    start_loops();
+    const int fd = this->fileno();
+    if (fd < 0) throw std::system_error(EBADF, std::system_category(), "serve_forever");
+    detail::nonblocking_scope nonblocking(detail::is_stream<request_type> ? fd : -1);
+    start_acceptors(fd);
+    struct stop_at_exit {
+      FiberMixIn& server;
+      ~stop_at_exit() { server.stop_acceptors(); }
+    } stopping{*this};
+    pollfd fds[2] = {{this->wakeup_.fileno(), POLLIN, 0},
+                     {this->derived().stop_fileno(), POLLIN, 0}};
+    while (!this->shutdown_requested()) {
+      detail::poll_for(fds, 2, poll_interval);
+      if (this->shutdown_requested() || fds[1].revents != 0) break;
+      std::lock_guard<std::mutex> hooks(hooks_mutex_);
+      this->derived().service_actions();
+    }
+  }
+
+  /// Starts a fiber that runs process_request_fiber(); returns at once (on a loop: the fiber
+  /// runs when this one next waits).
+  /// @throws std::system_error if no fiber can be started (no memory for its stack): the
+  ///         request is left as it was, for handle_error() and shutdown_request().
+  void process_request(request_type& request, const address& client_address) {
+    auto t = std::make_unique<task>(std::move(request), client_address);
+    track(t.get());
+    detail::fiber_loop* here = detail::fiber_loop::current();
+    if (here != nullptr && here->running() != nullptr && serves_on(here)) {
+      try {
+        here->spawn(fiber_body(t.get()));
+      } catch (...) {
+        untrack(t.get());
+        request = std::move(t->request);
+        throw;
+      }
+      t.release();
+      return;
+    }
+    detail::fiber_loop* loop = next_loop();
+    task* raw = t.release();
+    loop->post([this, loop, raw] {
+      try {
+        loop->spawn(fiber_body(raw));
+      } catch (...) {  // no fiber: the request ends here, reported as a failure
+        std::unique_ptr<task> owned(raw);
+        try {
+          this->derived().handle_error(owned->request, owned->client_address);
+        } catch (...) {
+        }
+        untrack(raw);
+        try {
+          this->derived().shutdown_request(owned->request);
+        } catch (...) {
+        }
+        this->count_completed(true);
+        finished_one();
+      }
+    });
+  }
+
+  /// Same as BaseServer::process_request() but on the request's fiber, with errors handled
+  /// there: finish_request(), handle_error() if it threw, then shutdown_request().
+  void process_request_fiber(request_type& request, const address& client_address) {
+    this->finish_and_shut_down(request, client_address, [this] { untrack(current_task()); });
+  }
+
+  /// Called (on the loop's thread) when a fiber ran for `ran` without suspending, longer than
+  /// stall_threshold: every other fiber of its loop waited that long. The default prints one
+  /// line to stderr naming the client. May be overridden.
+  void handle_stall(const address& client_address, std::chrono::nanoseconds ran) {
+    std::fprintf(stderr,
+                 "socketserver: the handler for %s held its loop thread for %.1f ms without "
+                 "waiting through the library: the other connections of that thread waited "
+                 "(blocking calls outside the library stall a fiber's loop)\n",
+                 client_address.to_string().c_str(), static_cast<double>(ran.count()) / 1e6);
+  }
+
+  /// Closes the server and, when block_on_close, waits for the fibers still running. A
+  /// datagram server waits first, so no fiber replies on a closed socket; a stream server
+  /// closes first, so new clients are refused while it waits.
+  void server_close() {
+    if constexpr (detail::is_stream<request_type>) {
+      Base::server_close();
+      join();
+    } else {
+      join();
+      Base::server_close();
+    }
+    if (active_fibers() == 0) stop_loops();  // else the destructor does, once they end
+  }
+
+  /// Graceful stop: serves the connections already queued (drain_backlog()) and closes the
+  /// socket (stream servers), waits up to `grace` in all for the fibers, then shuts down the
+  /// connections of those still running so they end, waits for them, and closes the server.
+  /// Returns how many connections were cut.
+  std::size_t drain(std::chrono::duration<double> grace) {
+    const auto deadline = detail::deadline_after(grace);
+    start_loops();
+    this->drain_backlog(deadline);
+    if constexpr (detail::is_stream<request_type>) Base::server_close();
+    std::size_t cut = 0;
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      if (!this->wait_for_drained(lock, idle_, deadline, [&] { return active_ == 0; })) {
+        for (task* t = running_.next; t != &running_; t = t->next)
+          if (t->connection_fd >= 0 && ::shutdown(t->connection_fd, SHUT_RDWR) == 0) ++cut;
+      }
+      idle_.wait(lock, [&] { return active_ == 0; });
+    }
+    this->derived().server_close();
+    return cut;
+  }
+
+  /// A prefork worker starts its own loops: the supervisor's threads do not exist here.
+  void after_fork_in_child() {
+    Base::after_fork_in_child();
+    // Left as they are (leaked): their threads do not exist in this process, and a
+    // std::thread that is not joined may not be destroyed.
+    for (auto& l : loops_) (void)new loop_thread(std::move(l));
+    loops_.clear();
+  }
+
+  /// How many loop threads run now (loop_threads of them from the first request or
+  /// serve_forever() until server_close()).
+  std::size_t loop_thread_count() const {
+    std::lock_guard<std::mutex> lock(loops_mutex_);
+    return loops_.size();
+  }
+
+  /// How many requests are running on fibers now.
+  std::size_t active_fibers() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return active_;
+  }
+
+ private:
+  struct task {
+    task() = default;
+    task(request_type&& r, const address& a) : request(std::move(r)), client_address(a) {}
+    request_type request;
+    address client_address;
+    int connection_fd = -1;  // while it runs, for drain() and the destructor to shut down
+    task* prev = this;
+    task* next = this;
+  };
+
+  struct loop_thread {
+    std::unique_ptr<detail::fiber_loop> loop;
+    std::thread thread;
+    detail::fiber* acceptor = nullptr;  // its accepting fiber, while parked in its own wait
+                                        // (touched on the loop's thread only)
+  };
+
+  // The task of the running fiber (fibers switch: read it from the fiber, not a thread-local).
+  static task* current_task() noexcept {
+    detail::fiber_loop* loop = detail::fiber_loop::current();
+    return loop != nullptr && loop->running() != nullptr ? static_cast<task*>(loop->running()->tag)
+                                                         : nullptr;
+  }
+
+  std::function<void()> fiber_body(task* raw) {
+    return [this, raw] {
+      detail::fiber_loop* loop = detail::fiber_loop::current();
+      struct end {  // last: the request is closed by then
+        FiberMixIn* server;
+        ~end() { server->finished_one(); }
+      } ending{this};
+      std::unique_ptr<task> t(raw);
+      loop->running()->tag = raw;
+      struct untag {  // first: a stall at the end is reported while the task is there
+        detail::fiber_loop* loop;
+        ~untag() {
+          loop->check_stall();
+          loop->running()->tag = nullptr;
+        }
+      } untagging{loop};
+      if constexpr (detail::is_stream<request_type>) loop->adopt(t->request.fileno());
+      try {
+        this->derived().process_request_fiber(t->request, t->client_address);
+      } catch (detail::forced_unwind&) {
+        throw;
+      } catch (...) {  // handle_error() or shutdown_request() threw
+        std::fprintf(stderr, "socketserver: request fiber for %s ended with %s\n",
+                     t->client_address.to_string().c_str(),
+                     detail::describe_current_exception().c_str());
+      }
+      untrack(raw);
+    };
+  }
+
+  bool serves_on(const detail::fiber_loop* loop) const noexcept {
+    for (const auto& l : loops_)
+      if (l.loop.get() == loop) return true;
+    return false;
+  }
+
+  detail::fiber_loop* next_loop() {
+    start_loops();
+    const std::size_t i = next_loop_.fetch_add(1, std::memory_order_relaxed) % loops_.size();
+    return loops_[i].loop.get();
+  }
+
+  void start_loops() {
+    std::lock_guard<std::mutex> lock(loops_mutex_);
+    if (!loops_.empty()) return;
+    std::size_t n = loop_threads;
+    if (n == 0) n = std::max(1u, std::thread::hardware_concurrency());
+    const auto threshold = std::chrono::duration_cast<std::chrono::nanoseconds>(stall_threshold);
+    loops_.reserve(n);
+    for (std::size_t i = 0; i < n; ++i) {
+      loop_thread l;
+      l.loop = std::make_unique<detail::fiber_loop>(fiber_stack_size);
+      l.loop->set_stall_report(threshold, [this](std::chrono::nanoseconds ran, void* tag) {
+        if (tag != nullptr)
+          this->derived().handle_stall(static_cast<task*>(tag)->client_address, ran);
+      });
+      detail::fiber_loop* loop = l.loop.get();
+      l.thread = std::thread([loop] { loop->run(); });
+      loops_.push_back(std::move(l));
+    }
+  }
+
+  void stop_loops() noexcept {
+    std::lock_guard<std::mutex> lock(loops_mutex_);
+    for (auto& l : loops_) l.loop->stop();
+    for (auto& l : loops_)
+      if (l.thread.joinable()) l.thread.join();
+    loops_.clear();
+  }
+
+  // Each loop accepts in a fiber of its own until stop_acceptors().
+  void start_acceptors(int fd) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    accepting_ = true;
+    acceptors_ = loops_.size();
+    lock.unlock();
+    for (auto& l : loops_) {
+      detail::fiber_loop* loop = l.loop.get();
+      loop_thread* slot = &l;
+      loop->post([this, loop, slot, fd] {
+        loop->spawn([this, loop, slot, fd] { accept_loop(*loop, *slot, fd); });
+      });
+    }
+  }
+
+  void accept_loop(detail::fiber_loop& loop, loop_thread& slot, int fd) {
+    struct end {
+      FiberMixIn& server;
+      detail::fiber_loop& loop;
+      loop_thread& slot;
+      int fd;
+      ~end() {
+        loop.unwatch(fd);
+        std::lock_guard<std::mutex> lock(server.mutex_);
+        --server.acceptors_;
+        server.acceptors_done_.notify_all();
+      }
+    } ending{*this, loop, slot, fd};
+    if (!accepting_.load(std::memory_order_acquire)) return;
+    struct parked {  // stop_acceptors() interrupts the fiber only in its own waits
+      loop_thread& slot;
+      explicit parked(loop_thread& s, detail::fiber* f) : slot(s) { slot.acceptor = f; }
+      ~parked() { slot.acceptor = nullptr; }
+    };
+    bool watching = false;
+    int streak = 0;  // requests taken in a row: then the new fibers get their turn
+    while (accepting_.load(std::memory_order_acquire)) {
+      const auto paused_until = this->accept_paused_until();
+      if (paused_until > detail::clock::now()) {  // out of descriptors: wait, then retry
+        loop.unwatch(fd);
+        watching = false;
+        parked waiting(slot, loop.running());
+        loop.park_until(paused_until);
+        continue;
+      }
+      if (!watching) {
+        loop.watch_shared(fd);
+        watching = true;
+      }
+      bool served = false;
+      try {
+        std::lock_guard<std::mutex> hooks(hooks_mutex_);
+        served = this->handle_request_noblock();
+        if (served) this->derived().service_actions();  // after each request, as Python's loop
+      } catch (const std::system_error& e) {  // the socket cannot accept at all (closed)
+        std::fprintf(stderr, "socketserver: fiber loop stops accepting: %s\n", e.what());
+        return;
+      }
+      if (served && ++streak < 64) continue;
+      streak = 0;
+      if (served) {
+        loop.yield();
+      } else {
+        parked waiting(slot, loop.running());
+        loop.wait(fd, POLLIN, detail::clock::time_point::max());
+      }
+    }
+  }
+
+  // Ends every loop's accepting fiber and waits until they have ended.
+  void stop_acceptors() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    accepting_ = false;
+    for (auto& l : loops_) {
+      detail::fiber_loop* loop = l.loop.get();
+      loop_thread* slot = &l;
+      loop->post([loop, slot] {
+        if (slot->acceptor != nullptr) loop->interrupt(slot->acceptor);
+      });
+    }
+    acceptors_done_.wait(lock, [&] { return acceptors_ == 0; });
+  }
+
+  void track(task* t) {
+    if constexpr (detail::is_stream<request_type>) t->connection_fd = t->request.fileno();
+    std::lock_guard<std::mutex> lock(mutex_);
+    t->prev = running_.prev;
+    t->next = &running_;
+    running_.prev->next = t;
+    running_.prev = t;
+    ++active_;
+  }
+
+  // Off the list drain() and the destructor shut connections down from, before the
+  // connection closes (so a reused descriptor number is never shut down).
+  void untrack(task* t) noexcept {
+    if (t == nullptr) return;
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (t->prev == t) return;
+    t->prev->next = t->next;
+    t->next->prev = t->prev;
+    t->prev = t->next = t;
+  }
+
+  void finished_one() noexcept {
+    std::lock_guard<std::mutex> lock(mutex_);
+    --active_;
+    idle_.notify_all();
+  }
+
+  void cut_all() noexcept {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (task* t = running_.next; t != &running_; t = t->next)
+      if (t->connection_fd >= 0) ::shutdown(t->connection_fd, SHUT_RDWR);
+  }
+
+  void join() {
+    if (!block_on_close) return;
+    std::unique_lock<std::mutex> lock(mutex_);
+    idle_.wait(lock, [&] { return active_ == 0; });
+  }
+
+  mutable std::mutex mutex_;  // the task list, counts and acceptors
+  std::condition_variable idle_;
+  std::condition_variable acceptors_done_;
+  task running_;  // sentinel of the list of running tasks
+  std::size_t active_ = 0;
+  std::size_t acceptors_ = 0;
+  std::atomic<bool> accepting_{false};
+  std::mutex hooks_mutex_;  // get_request(), verify_request() and service_actions(): one at a time
+  mutable std::mutex loops_mutex_;
+  std::vector<loop_thread> loops_;
+  std::atomic<std::size_t> next_loop_{0};
+};
+
+}  // namespace socketserver
