@@ -8,6 +8,7 @@
 #include "socketserver/base_server.hpp"
 #include "socketserver/datagram.hpp"
 #include "socketserver/error.hpp"
+#include "socketserver/fiber_waits.hpp"
 #include "socketserver/fibers.hpp"
 #include "socketserver/forking.hpp"
 #include "socketserver/handlers.hpp"

@@ -163,3 +163,26 @@ TEST_CASE("a prefork worker runs after_fork_in_child() before it serves", "[pref
   for (int i = 0; i < 4; ++i) CHECK(ask(server.server_address, "who\n") == "fresh\n");
   CHECK_FALSE(server.fresh);  // the supervisor's own state is untouched
 }
+
+TEST_CASE("prefork workers running fibers inside each", "[prefork][fibers]") {
+#if defined(SOCKETSERVER_TEST_TSAN)
+  WARN("skipped under ThreadSanitizer");  // as above: threads in a forked child
+  return;
+#endif
+  socketserver::FiberTCPServer<Pid> server({"127.0.0.1", 0});
+  server.loop_threads = 1;
+  std::set<long> pids;
+  {
+    Workers<decltype(server)> workers(server, 2);
+    for (int i = 0; i < 10; ++i) {
+      const long pid = pid_of(ask(server.server_address, "who\n"));
+      CHECK(pid > 0);
+      CHECK(pid != ::getpid());
+      pids.insert(pid);
+    }
+    workers.stop();
+    CHECK_FALSE(workers.error());
+  }
+  CHECK(pids.size() <= 2);
+  CHECK_FALSE(test::has_children());
+}

@@ -28,19 +28,6 @@
 
 namespace socketserver {
 
-/// Waits for `duration`: on a fiber, only that fiber waits (its loop runs the others);
-/// elsewhere, the thread sleeps.
-inline void sleep_for(std::chrono::duration<double> duration) {
-  const auto until =
-      detail::clock::now() + std::chrono::duration_cast<detail::clock::duration>(duration);
-  detail::fiber_loop* loop = detail::fiber_loop::current();
-  if (loop != nullptr && loop->running() != nullptr) {
-    while (detail::clock::now() < until) loop->park_until(until);
-  } else {
-    std::this_thread::sleep_until(until);
-  }
-}
-
 /// Handles each request on a fiber (beyond Python): the handler's blocking reads and writes
 /// through the library (rfile, wfile, request.recv()/send()/sendall(), their timeouts) and
 /// socketserver::sleep_for() suspend only its fiber, and the loop thread runs another. So a
@@ -377,7 +364,7 @@ class FiberMixIn : public Base {
         std::lock_guard<std::mutex> hooks(hooks_mutex_);
         served = this->handle_request_noblock();
         if (served) this->derived().service_actions();  // after each request, as Python's loop
-      } catch (const std::system_error& e) {  // the socket cannot accept at all (closed)
+      } catch (const std::system_error& e) {            // the socket cannot accept at all (closed)
         std::fprintf(stderr, "socketserver: fiber loop stops accepting: %s\n", e.what());
         return;
       }

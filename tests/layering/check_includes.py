@@ -27,7 +27,7 @@ LAYERS = [
     ("address", ["address.hpp"]),
     ("socket", ["socket.hpp"]),
     ("requests, files, activation", ["datagram.hpp", "io.hpp", "activation.hpp"]),
-    ("any server", ["any_server.hpp"]),
+    ("any server, fiber waits", ["any_server.hpp", "fiber_waits.hpp"]),
     ("handlers, signals", ["handlers.hpp", "signals.hpp"]),
     ("BaseServer", ["base_server.hpp"]),
     ("TCPServer", ["tcp_server.hpp"]),

@@ -277,9 +277,12 @@ class fiber_loop final : public fiber_waiter {
   }
 
   clock::time_point call_deadline(int fd, short events) override {
-    if (fd < 0 || static_cast<std::size_t>(fd) >= fds_.size() ||
-        !fds_[static_cast<std::size_t>(fd)].timeout_set)
-      return clock::time_point::max();
+    // A connection of this loop says whether settimeout() was called on it here (the common
+    // case costs no system call); of any other descriptor, the socket is asked.
+    if (fd >= 0 && static_cast<std::size_t>(fd) < fds_.size()) {
+      const fd_state& s = fds_[static_cast<std::size_t>(fd)];
+      if (s.owned && !s.timeout_set) return clock::time_point::max();
+    }
     const int flags = ::fcntl(fd, F_GETFL);
     if (flags >= 0 && (flags & O_NONBLOCK) != 0) return clock::time_point::min();
     timeval tv{};

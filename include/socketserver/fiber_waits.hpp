@@ -1,0 +1,219 @@
+// SPDX-License-Identifier: MIT
+// What a handler on a fiber (FiberMixIn) may wait for besides the library's I/O, suspending
+// only its fiber: sleep_for(), offload() (a blocking call on a helper thread) and
+// fiber_mutex. Each also works off a fiber, where it blocks the thread as usual.
+#pragma once
+
+#include <atomic>              // std::atomic
+#include <chrono>              // std::chrono::duration
+#include <condition_variable>  // std::condition_variable
+#include <cstddef>             // std::size_t
+#include <deque>               // std::deque
+#include <exception>           // std::exception_ptr, std::current_exception, std::rethrow_exception
+#include <functional>          // std::function
+#include <mutex>               // std::mutex, std::unique_lock
+#include <optional>            // std::optional
+#include <thread>              // std::thread
+#include <type_traits>         // std::invoke_result_t, std::is_void_v
+#include <utility>             // std::forward, std::move
+
+#include "detail/fiber_loop.hpp"
+#include "detail/time.hpp"
+
+namespace socketserver {
+namespace detail {
+
+// The fiber running on this thread and its loop, or {nullptr, nullptr}.
+inline std::pair<fiber_loop*, fiber*> running_on_fiber() noexcept {
+  fiber_loop* loop = fiber_loop::current();
+  return {loop, loop != nullptr ? loop->running() : nullptr};
+}
+
+// Wakes `f`, parked on `loop`, from any thread.
+inline void wake_from_anywhere(fiber_loop* loop, fiber* f) {
+  if (fiber_loop::current() == loop)
+    loop->wake(f);
+  else
+    loop->post([loop, f] { loop->wake(f); });
+}
+
+/// The helper threads of offload(): started as jobs need them, up to `max_threads`; a thread
+/// idle for a while ends. Process-wide, never destroyed (threads may still finish a job while
+/// the process exits).
+class offload_pool {
+ public:
+  static constexpr std::size_t max_threads = 64;
+  static constexpr std::chrono::seconds idle_exit{10};
+
+  static offload_pool& instance() {
+    static offload_pool* pool = new offload_pool;  // never destroyed: see the class comment
+    return *pool;
+  }
+
+  void submit(std::function<void()> job) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    jobs_.push_back(std::move(job));
+    if (idle_ > 0 || threads_ >= max_threads) {
+      work_.notify_one();
+      return;
+    }
+    ++threads_;
+    lock.unlock();
+    try {
+      std::thread([this] { work(); }).detach();
+    } catch (...) {  // no thread: the threads there take the job when they can
+      lock.lock();
+      --threads_;
+      if (threads_ == 0) {
+        jobs_.pop_back();
+        throw;
+      }
+    }
+  }
+
+ private:
+  void work() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    for (;;) {
+      ++idle_;
+      const bool got = work_.wait_for(lock, idle_exit, [&] { return !jobs_.empty(); });
+      --idle_;
+      if (!got) {
+        --threads_;
+        return;
+      }
+      std::function<void()> job = std::move(jobs_.front());
+      jobs_.pop_front();
+      lock.unlock();
+      job();  // never throws: offload() wraps it
+      lock.lock();
+    }
+  }
+
+  std::mutex mutex_;
+  std::condition_variable work_;
+  std::deque<std::function<void()>> jobs_;
+  std::size_t threads_ = 0;
+  std::size_t idle_ = 0;
+};
+
+}  // namespace detail
+
+/// Waits for `duration`: on a fiber, only that fiber waits (its loop runs the others);
+/// elsewhere, the thread sleeps.
+inline void sleep_for(std::chrono::duration<double> duration) {
+  const auto until =
+      detail::clock::now() + std::chrono::duration_cast<detail::clock::duration>(duration);
+  const auto [loop, self] = detail::running_on_fiber();
+  if (self == nullptr) {
+    std::this_thread::sleep_until(until);
+    return;
+  }
+  while (detail::clock::now() < until) loop->park_until(until);
+}
+
+/// Runs fn() on a helper thread while only the calling fiber waits, and returns what it
+/// returned or rethrows what it threw: for a call that blocks outside the library (a
+/// database client, a file read, getaddrinfo(), a long computation), which would otherwise
+/// stall every fiber of the loop. Off a fiber it just calls fn(). The helper threads are
+/// shared by the process (up to 64; more jobs queue).
+template <class F>
+auto offload(F&& fn) -> std::invoke_result_t<F&> {
+  using result_type = std::invoke_result_t<F&>;
+  const auto [loop, self] = detail::running_on_fiber();
+  if (self == nullptr) return fn();
+  struct outcome {
+    std::conditional_t<std::is_void_v<result_type>, bool, std::optional<result_type>> value{};
+    std::exception_ptr error;
+    std::atomic<bool> done{false};
+  } out;
+  detail::fiber_loop* home = loop;
+  detail::fiber* waiter = self;
+  detail::offload_pool::instance().submit([&out, &fn, home, waiter] {
+    try {
+      if constexpr (std::is_void_v<result_type>)
+        fn();
+      else
+        out.value.emplace(fn());
+    } catch (...) {
+      out.error = std::current_exception();
+    }
+    out.done.store(true, std::memory_order_release);
+    home->post([home, waiter] { home->wake(waiter); });
+  });
+  while (!out.done.load(std::memory_order_acquire))
+    loop->park_until(detail::clock::time_point::max());
+  if (out.error) std::rethrow_exception(out.error);
+  if constexpr (!std::is_void_v<result_type>) return std::move(*out.value);
+}
+
+/// A mutex for fibers (of any loop) and threads: a fiber that must wait for it suspends
+/// instead of blocking its loop, and is handed the lock in the order it asked. Use it where
+/// fibers take turns across a wait (e.g. several writers to one connection: a lock held
+/// across sendall()); a std::mutex held across a wait would block the loop, or deadlock two
+/// fibers of one loop. Meets Lockable (std::lock_guard, std::unique_lock).
+class fiber_mutex {
+ public:
+  fiber_mutex() = default;
+  fiber_mutex(const fiber_mutex&) = delete;
+  fiber_mutex& operator=(const fiber_mutex&) = delete;
+
+  void lock() {
+    std::unique_lock<std::mutex> guard(mutex_);
+    if (!locked_) {
+      locked_ = true;
+      return;
+    }
+    const auto [loop, self] = detail::running_on_fiber();
+    waiter w{loop, self};
+    waiters_.push_back(&w);
+    if (self == nullptr) {
+      granted_.wait(guard, [&] { return w.granted.load(); });
+      return;
+    }
+    guard.unlock();
+    while (!w.granted.load(std::memory_order_acquire))
+      loop->park_until(detail::clock::time_point::max());
+  }
+
+  bool try_lock() {
+    std::lock_guard<std::mutex> guard(mutex_);
+    if (locked_) return false;
+    locked_ = true;
+    return true;
+  }
+
+  /// Hands the lock to the longest waiter, if any.
+  void unlock() {
+    std::unique_lock<std::mutex> guard(mutex_);
+    if (waiters_.empty()) {
+      locked_ = false;
+      return;
+    }
+    waiter* next = waiters_.front();
+    waiters_.pop_front();
+    if (next->fiber == nullptr) {
+      next->granted.store(true, std::memory_order_release);
+      granted_.notify_all();
+      return;
+    }
+    detail::fiber_loop* loop = next->loop;
+    detail::fiber* f = next->fiber;
+    next->granted.store(true, std::memory_order_release);  // `next` may be gone after this
+    guard.unlock();
+    detail::wake_from_anywhere(loop, f);
+  }
+
+ private:
+  struct waiter {
+    detail::fiber_loop* loop;
+    detail::fiber* fiber;
+    std::atomic<bool> granted{false};
+  };
+  std::mutex mutex_;
+  std::condition_variable granted_;
+  bool locked_ = false;
+  std::deque<waiter*> waiters_;
+};
+
+}  // namespace socketserver
