@@ -72,6 +72,8 @@ run_pair "$bin/unix_stream_server $tmp/example.sock" "$bin/unix_client --path $t
 # Beyond the docs: the same protocol from a pooled, drained server and from prefork workers.
 next_port; run_pair "$bin/production_server localhost $port" "$bin/tcp_client --port $port"
 next_port; run_pair "$bin/prefork_server localhost $port 2" "$bin/tcp_client --port $port"
+# The same handler on fibers, kept alive (the client closes after one line).
+next_port; run_pair "$bin/fiber_echo_server localhost $port" "$bin/tcp_client --port $port"
 
 # max_threads: 8 clients at once against a server that runs at most 4 request threads (each
 # takes 100 ms a line): every client is answered, the last ones once a thread is free.
@@ -98,6 +100,19 @@ run_bounded() {  # run_bounded SERVER-CMD CLIENT-CMD
   fi
 }
 next_port; run_bounded "$bin/bounded_threads_server localhost $port" "$bin/tcp_client --port $port"
+
+# The chat server: 2,000 clients on two loop threads; a line from one reaches all the others.
+if [ -n "$python" ]; then
+  next_port
+  "$bin/fiber_chat_server" localhost $port 2 >"$tmp/server.out" 2>&1 &
+  pid=$!; pids+=("$pid")
+  if out=$("$python" "$here/chat_check.py" $port 2000 $pid 2>&1); then
+    echo "ok   fiber_chat_server: $out"
+  else
+    echo "FAIL fiber_chat_server: $out"; cat "$tmp/server.out"; failures=$((failures + 1))
+  fi
+  kill $pid; wait $pid 2>/dev/null
+fi
 
 echo "$(( failures == 0 ? 1 : 0 )) passed, $(( failures == 0 ? 0 : 1 )) failed"
 exit $(( failures == 0 ? 0 : 1 ))

@@ -130,7 +130,7 @@ class socket_view {
     }
     setsockopt(SOL_SOCKET, SO_RCVTIMEO, tv);
     setsockopt(SOL_SOCKET, SO_SNDTIMEO, tv);
-    if (detail::fiber_waiting != nullptr) detail::fiber_waiting->timeout_changed(fd_);
+    // (A non-blocking socket on a fiber: setsockopt() told the fiber's loop already.)
   }
   /// Python's gettimeout(): nullopt when blocking without a timeout.
   timeout_type gettimeout() const {
@@ -148,6 +148,9 @@ class socket_view {
   template <class T>
   void setsockopt(int level, int name, const T& value) const {
     if (::setsockopt(fd_, level, name, &value, sizeof value) < 0) detail::throw_errno("setsockopt");
+    if (level == SOL_SOCKET && (name == SO_RCVTIMEO || name == SO_SNDTIMEO) &&
+        detail::fiber_waiting != nullptr)
+      detail::fiber_waiting->timeout_changed(fd_);  // a fiber's waits honour it too
   }
   template <class T = int>
   T getsockopt(int level, int name) const {

@@ -470,12 +470,16 @@ class fiber_loop final : public fiber_waiter {
   }
 
   void run_posted() {
+    if (!posted_signalled_) return;  // (no system call per turn of the loop)
+    posted_signalled_ = false;
+    // The wake-up is drained before the queue is taken, not after: a post() in between would
+    // otherwise lose its wake-up and wait in the queue while the loop sleeps.
+    posted_wakeup_.drain();
     {
       std::lock_guard<std::mutex> lock(posted_mutex_);
       if (posted_.empty()) return;
       running_posted_.swap(posted_);
     }
-    posted_wakeup_.drain();
     for (auto& fn : running_posted_) {
       try {
         fn();
@@ -508,7 +512,10 @@ class fiber_loop final : public fiber_waiter {
   }
 
   void dispatch(std::uint64_t tag, std::uint32_t events) {
-    if (tag == posted_tag) return;  // run_posted() takes them
+    if (tag == posted_tag) {  // run_posted() takes them
+      posted_signalled_ = true;
+      return;
+    }
     if ((tag & 1u) != 0) {          // a one-shot wait of poll()
       auto* w = reinterpret_cast<one_wait*>(static_cast<std::uintptr_t>(tag & ~std::uint64_t{1}));
       if (w->waiter != nullptr) make_ready(w->waiter, fiber::woke::ready);
@@ -594,6 +601,7 @@ class fiber_loop final : public fiber_waiter {
   std::vector<std::function<void()>> posted_;
   std::vector<std::function<void()>> running_posted_;
   wakeup posted_wakeup_;
+  bool posted_signalled_ = false;  // epoll saw posted_wakeup_ readable
   int epoll_fd_ = -1;
 };
 
