@@ -63,9 +63,18 @@ template <class Server>
 struct has_daemon_threads<Server, std::void_t<decltype(std::declval<Server&>().daemon_threads)>>
     : std::true_type {};
 
+template <class Server, class = void>
+struct has_loop_threads : std::false_type {};
+template <class Server>
+struct has_loop_threads<Server, std::void_t<decltype(std::declval<Server&>().loop_threads)>>
+    : std::true_type {};
+
+std::size_t loop_threads = 0;  // --loops: a fiber server's loop threads (0: one per core)
+
 template <class Server>
 int serve(const ss::address& where, std::size_t workers) {
   Server server(where);
+  if constexpr (has_loop_threads<Server>::value) server.loop_threads = loop_threads;
   // Request threads must not keep the process alive after SIGTERM (CPython's usual setting
   // for servers that are stopped from outside; the destructor ends them cleanly).
   if constexpr (has_daemon_threads<Server>::value) server.daemon_threads = true;
@@ -92,14 +101,12 @@ int serve_stream(const std::string& mode, const ss::address& where, std::size_t 
 
 int run(const bench::Args& args) {
   // The --type table: a new server type is one name here and one line below.
-  // FIBER: FiberTCPServer (issue 11) joins here, as "FiberTCPServer" in this list and a
-  // serve_stream<...> line below; bench/run's idle_servers then names ours/FiberTCPServer.
-  const std::string type =
-      args.choice("type",
-                  {"TCPServer", "ThreadingTCPServer", "ForkingTCPServer", "ThreadPoolTCPServer",
-                   "UDPServer", "ThreadingUDPServer", "ThreadPoolUDPServer", "UnixStreamServer",
-                   "ThreadingUnixStreamServer", "ForkingUnixStreamServer"},
-                  "ThreadingTCPServer");
+  const std::string type = args.choice(
+      "type",
+      {"TCPServer", "ThreadingTCPServer", "ForkingTCPServer", "ThreadPoolTCPServer", "UDPServer",
+       "ThreadingUDPServer", "ThreadPoolUDPServer", "UnixStreamServer", "ThreadingUnixStreamServer",
+       "ForkingUnixStreamServer", "FiberTCPServer", "FiberUDPServer", "FiberUnixStreamServer"},
+      "ThreadingTCPServer");
   const std::string mode = args.choice("mode", {"connrate", "pingpong"}, "connrate");
   const bool is_unix = type.find("Unix") != std::string::npos;
   if (is_unix != args.has("unix")) bench::die("Unix servers take --unix PATH, the others --port");
@@ -117,7 +124,11 @@ int run(const bench::Args& args) {
     return serve_stream<ss::forking_tcp_server_t>(mode, where, workers);
   if (type == "ThreadPoolTCPServer")
     return serve_stream<ss::thread_pool_tcp_server_t>(mode, where, workers);
-  // FIBER: if (type == "FiberTCPServer") return serve_stream<...>(mode, where, workers);
+  if (type == "FiberTCPServer") return serve_stream<ss::fiber_tcp_server_t>(mode, where, workers);
+  if (type == "FiberUnixStreamServer")
+    return serve_stream<ss::fiber_unix_stream_server_t>(mode, where, workers);
+  if (type == "FiberUDPServer")
+    return serve<BenchServer<ss::fiber_udp_server_t, DatagramEcho>>(where, workers);
   if (type == "UnixStreamServer")
     return serve_stream<ss::unix_stream_server_t>(mode, where, workers);
   if (type == "ThreadingUnixStreamServer")
@@ -136,10 +147,13 @@ int run(const bench::Args& args) {
 int main(int argc, char** argv) {
   bench::block_stop_signals();  // before any thread exists: only the waiter sees SIGTERM
   bench::raise_fd_limit();      // the idle workload holds 10,000 connections and more
-  const bench::Args args(argc, argv, {"type", "mode", "port", "unix", "workers"},
+  const bench::Args args(argc, argv, {"type", "mode", "port", "unix", "workers", "loops"},
                          "usage: ours_server --type TYPE [--mode connrate|pingpong] "
-                         "[--port N | --unix PATH] [--workers N]");
+                         "[--port N | --unix PATH] [--workers N] [--loops N]");
   try {
+    const long long loops = args.integer("loops", 0);
+    if (loops < 0 || loops > 1024) bench::die("--loops is 0 (one per core) to 1024");
+    loop_threads = static_cast<std::size_t>(loops);
     return run(args);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "ours_server: %s\n", e.what());

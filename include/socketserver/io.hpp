@@ -228,7 +228,7 @@ class reader {
     if (bufsize_ == 0)
       want = hint == static_cast<std::size_t>(-1) ? 4096 : hint;
     else  // a line longer than the buffer: grow it geometrically, not by bufsize each time
-      want = std::max(bufsize_, end_ - begin_);
+      want = std::max(std::min(fill_size_, bufsize_), end_ - begin_);
     if (begin_ == end_) {
       begin_ = end_ = 0;
     } else if (begin_ > 0 && buffer_.size() - end_ < want) {
@@ -245,6 +245,7 @@ class reader {
       eof_ = true;
       return false;
     }
+    if (got == want && fill_size_ < bufsize_) fill_size_ *= 4;  // the peer sends more
     end_ += got;
     return true;
   }
@@ -349,6 +350,10 @@ class reader {
   using clock = detail::clock;
   socket_view sock_;
   std::size_t bufsize_ = default_buffer_size;
+  // How much a fill asks for: it starts small and grows to bufsize_ once a fill comes back
+  // full, so a connection that sends short requests and waits (thousands of them, idle on
+  // fibers) holds a small buffer, and a bulk reader soon reads bufsize_ at a time.
+  std::size_t fill_size_ = 512;
   std::size_t max_line_length_ = 0;
   timeout_type timeout_;
   clock::time_point deadline_{};
