@@ -15,7 +15,7 @@ LAYERS = [
     ("detail: time, errno", ["detail/time.hpp", "detail/errno.hpp", "detail/fd.hpp",
                              "detail/process.hpp", "detail/exceptions.hpp"]),
     ("detail: waits", ["detail/accept_errors.hpp", "detail/blocking.hpp", "detail/wakeup.hpp",
-                       "detail/drain_signal.hpp"]),
+                       "detail/drain_signal.hpp", "detail/fiber_poller.hpp"]),
     ("detail: poll", ["detail/poll.hpp"]),
     ("detail: exclusive wait", ["detail/exclusive_wait.hpp"]),
     ("detail: leader lanes", ["detail/leader_lanes.hpp"]),

@@ -2,15 +2,12 @@
 // fiber_loop: one thread's event loop and the fibers it runs (FiberMixIn has one per loop
 // thread). A fiber runs until the library's I/O would block; then it registers what it waits
 // for (a descriptor, a deadline) and switches back to the loop, which runs the next ready
-// fiber, or waits in epoll (poll where there is none) until one is. Fibers never move to
+// fiber, or waits (fiber_poller: epoll, kqueue or poll) until one is. Fibers never move to
 // another thread, so their thread-locals stay valid.
 #pragma once
 
-#include <fcntl.h>  // fcntl, F_GETFL, O_NONBLOCK
-#include <poll.h>   // poll, pollfd, POLLIN, POLLOUT, POLLERR, POLLHUP, POLLNVAL
-#if defined(__linux__)
-#  include <sys/epoll.h>  // epoll_create1, epoll_ctl, epoll_wait
-#endif
+#include <fcntl.h>       // fcntl, F_GETFL, O_NONBLOCK
+#include <poll.h>        // poll, pollfd, POLLIN, POLLOUT, POLLERR, POLLHUP, POLLNVAL
 #include <sys/socket.h>  // getsockopt, SO_RCVTIMEO, SO_SNDTIMEO
 #include <sys/time.h>    // timeval
 #include <unistd.h>      // dup, close
@@ -35,6 +32,7 @@
 #include "errno.hpp"     // throw_errno, retry_on_eintr
 #include "exceptions.hpp"
 #include "fiber_context.hpp"
+#include "fiber_poller.hpp"
 #include "fiber_stack.hpp"
 #include "poll.hpp"  // ms_until
 #include "time.hpp"
@@ -73,25 +71,12 @@ class fiber_loop final : public fiber_waiter {
   using stall_report = std::function<void(std::chrono::nanoseconds ran, void* tag)>;
 
   explicit fiber_loop(std::size_t stack_size) : stacks_(stack_size) {
-#if defined(__linux__)
-    epoll_fd_ = ::epoll_create1(EPOLL_CLOEXEC);
-    if (epoll_fd_ < 0) throw_errno("epoll_create1");
-    epoll_event ev{};
-    ev.events = EPOLLIN;
-    ev.data.u64 = posted_tag;
-    if (::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, posted_wakeup_.fileno(), &ev) < 0) {
-      ::close(epoll_fd_);
-      throw_errno("epoll_ctl add (fiber loop wake-up)");
-    }
-#endif
+    poller_.add_wakeup(posted_wakeup_.fileno(), posted_tag);
   }
   fiber_loop(const fiber_loop&) = delete;
   fiber_loop& operator=(const fiber_loop&) = delete;
   ~fiber_loop() {
     for (fiber* f = free_; f != nullptr;) delete std::exchange(f, f->next);
-#if defined(__linux__)
-    ::close(epoll_fd_);
-#endif
   }
 
   /// The loop running on this thread, or nullptr.
@@ -206,13 +191,7 @@ class fiber_loop final : public fiber_waiter {
   /// while (it would wake the loop again and again) and before the socket closes.
   void watch_shared(int fd) {
     fd_state& s = state(fd);
-#if defined(__linux__)
-    epoll_event ev{};
-    ev.events = EPOLLIN | EPOLLEXCLUSIVE;
-    ev.data.u64 = static_cast<std::uint64_t>(fd) << 1;
-    if (::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev) < 0)
-      throw_errno("epoll_ctl add (server socket " + std::to_string(fd) + ")");
-#endif
+    poller_.add_shared(fd, static_cast<std::uint64_t>(fd) << 1);
     s = fd_state{};
     s.registered = s.shared = true;
   }
@@ -310,7 +289,7 @@ class fiber_loop final : public fiber_waiter {
     fiber* writer = nullptr;
     bool owned = false;       // adopt(): a connection of this loop's fibers
     bool shared = false;      // watch_shared(): the server's socket
-    bool registered = false;  // in the epoll set, edge-triggered
+    bool registered = false;  // the poller has an interest in it (owned or shared)
     bool readable = false;    // an edge came while nobody waited
     bool writable = false;
     bool timeout_set = false;  // settimeout() was called: call_deadline() asks the socket
@@ -321,9 +300,10 @@ class fiber_loop final : public fiber_waiter {
   struct one_wait {
     fiber_loop* loop = nullptr;
     fiber* waiter = nullptr;
-    int fd = -1;  // the descriptor in the epoll set: the caller's or a dup
+    int fd = -1;  // the descriptor waited on: the caller's or a dup
+    short events = 0;
     bool duplicate = false;
-    bool unwatchable = false;  // epoll refuses it (a regular file): poll() says it is ready
+    bool unwatchable = false;  // the poller refuses it (a regular file): poll() says ready
   };
 
   static constexpr std::uint64_t posted_tag = 1;  // odd: not a descriptor, not a one_wait*
@@ -335,22 +315,14 @@ class fiber_loop final : public fiber_waiter {
   }
 
   void register_owned(int fd, fd_state& s) {
-#if defined(__linux__)
-    epoll_event ev{};
-    ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
-    ev.data.u64 = static_cast<std::uint64_t>(fd) << 1;
-    if (::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev) < 0 && errno != EEXIST)
-      throw_errno("epoll_ctl add (connection " + std::to_string(fd) + ")");
-#endif
+    poller_.add_owned(fd, static_cast<std::uint64_t>(fd) << 1);
     s.registered = true;
   }
 
   void forget(int fd) noexcept {
     if (fd < 0 || static_cast<std::size_t>(fd) >= fds_.size()) return;
     fd_state& s = fds_[static_cast<std::size_t>(fd)];
-#if defined(__linux__)
-    if (s.registered) (void)::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
-#endif
+    if (s.registered) poller_.remove(fd);
     // A fiber still parked on it is woken, as a closed descriptor's poll() would say.
     if (s.reader != nullptr) wake(s.reader);
     if (s.writer != nullptr && s.writer != s.reader) wake(s.writer);
@@ -361,36 +333,35 @@ class fiber_loop final : public fiber_waiter {
     w.loop = this;
     w.waiter = running_;
     if (p.fd < 0) return;
-#if defined(__linux__)
-    epoll_event ev{};
-    ev.events = EPOLLONESHOT | EPOLLRDHUP;
-    if ((p.events & POLLIN) != 0) ev.events |= EPOLLIN;
-    if ((p.events & POLLOUT) != 0) ev.events |= EPOLLOUT;
-    ev.data.u64 = static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(&w)) | 1u;
-    w.fd = p.fd;
-    if (::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, w.fd, &ev) == 0) return;
-    if (errno == EEXIST) {
-      w.fd = ::fcntl(p.fd, F_DUPFD_CLOEXEC, 0);
-      if (w.fd < 0) throw_errno("dup (to wait on a fiber)");
-      w.duplicate = true;
-      if (::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, w.fd, &ev) == 0) return;
+    w.events = static_cast<short>(p.events & (POLLIN | POLLOUT));
+    const auto tag = static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(&w)) | 1u;
+    // A descriptor the loop holds an interest in already (or, with kqueue, any: a second
+    // interest would replace the first) is waited on through a duplicate.
+    const bool known = static_cast<std::size_t>(p.fd) < fds_.size() &&
+                       fds_[static_cast<std::size_t>(p.fd)].registered;
+    bool duplicate = fiber_poller::once_needs_own_descriptor || known;
+    for (int attempt = 0; attempt < 2; ++attempt, duplicate = true) {
+      w.fd = p.fd;
+      if (duplicate) {
+        w.fd = ::fcntl(p.fd, F_DUPFD_CLOEXEC, 0);
+        if (w.fd < 0) throw_errno("dup (to wait on a fiber)");
+        w.duplicate = true;
+      }
+      const fiber_poller::added result = poller_.add_once(w.fd, w.events, tag);
+      if (result == fiber_poller::added::yes) return;
+      unregister_one(w, false);
+      if (result == fiber_poller::added::unwatchable) {  // always ready, as poll() says
+        w.unwatchable = true;
+        return;
+      }
     }
-    const int err = errno;
-    unregister_one(w);
-    if (err == EPERM) {  // always ready, as poll() says of a regular file
-      w.unwatchable = true;
-      return;
-    }
-    throw std::system_error(err, std::system_category(),
-                            "epoll_ctl add (wait on descriptor " + std::to_string(p.fd) + ")");
-#endif
   }
 
-  void unregister_one(one_wait& w) noexcept {
+  void unregister_one(one_wait& w, bool registered = true) noexcept {
     if (w.fd < 0) return;
-#if defined(__linux__)
-    (void)::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, w.fd, nullptr);
-#endif
+    if (registered)
+      poller_.remove_once(w.fd, w.events,
+                          static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(&w)) | 1u);
     if (w.duplicate) ::close(w.fd);
     w.fd = -1;
     w.duplicate = false;
@@ -497,12 +468,17 @@ class fiber_loop final : public fiber_waiter {
                                             : timers_.empty()      ? clock::time_point::max()
                                                                    : timers_.front()->deadline;
     const int timeout_ms = next_deadline == clock::time_point::min() ? 0 : ms_until(next_deadline);
-#if defined(__linux__)
-    epoll_event events[256];
-    const int n = ::epoll_wait(epoll_fd_, events, 256, timeout_ms);
-    if (n < 0 && errno != EINTR) throw_errno("epoll_wait");
-    for (int i = 0; i < n; ++i) dispatch(events[i].data.u64, events[i].events);
-#endif
+    poller_.wait(
+        timeout_ms,
+        [this](std::uint64_t tag) -> short {  // (poll() only) who waits on a descriptor now
+          const auto fd = static_cast<std::size_t>(tag >> 1);
+          if (fd >= fds_.size()) return 0;
+          return static_cast<short>((fds_[fd].reader != nullptr ? POLLIN : 0) |
+                                    (fds_[fd].writer != nullptr ? POLLOUT : 0));
+        },
+        [this](std::uint64_t tag, bool readable, bool writable) {
+          dispatch(tag, readable, writable);
+        });
     const auto now = clock::now();
     while (!timers_.empty() && timers_.front()->deadline <= now) {
       fiber* f = timers_.front();
@@ -511,12 +487,12 @@ class fiber_loop final : public fiber_waiter {
     }
   }
 
-  void dispatch(std::uint64_t tag, std::uint32_t events) {
+  void dispatch(std::uint64_t tag, bool readable, bool writable) {
     if (tag == posted_tag) {  // run_posted() takes them
       posted_signalled_ = true;
       return;
     }
-    if ((tag & 1u) != 0) {          // a one-shot wait of poll()
+    if ((tag & 1u) != 0) {  // a one-shot wait of poll()
       auto* w = reinterpret_cast<one_wait*>(static_cast<std::uintptr_t>(tag & ~std::uint64_t{1}));
       if (w->waiter != nullptr) make_ready(w->waiter, fiber::woke::ready);
       return;
@@ -524,20 +500,18 @@ class fiber_loop final : public fiber_waiter {
     const auto fd = static_cast<std::size_t>(tag >> 1);
     if (fd >= fds_.size()) return;
     fd_state& s = fds_[fd];
-#if defined(__linux__)
-    if ((events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) != 0) {
+    if (readable) {
       if (s.reader != nullptr)
         make_ready(s.reader, fiber::woke::ready);
       else
         s.readable = true;
     }
-    if ((events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) != 0) {
+    if (writable) {
       if (s.writer != nullptr)
         make_ready(s.writer, fiber::woke::ready);
       else
         s.writable = true;
     }
-#endif
   }
 
   // --- the timer heap: a min-heap on deadline; each fiber knows its slot ------------------
@@ -601,8 +575,8 @@ class fiber_loop final : public fiber_waiter {
   std::vector<std::function<void()>> posted_;
   std::vector<std::function<void()>> running_posted_;
   wakeup posted_wakeup_;
-  bool posted_signalled_ = false;  // epoll saw posted_wakeup_ readable
-  int epoll_fd_ = -1;
+  bool posted_signalled_ = false;  // the poller saw posted_wakeup_ readable
+  fiber_poller poller_;
 };
 
 }  // namespace detail
