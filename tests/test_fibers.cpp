@@ -421,3 +421,33 @@ TEST_CASE("fiber servers adopt an inherited listening socket", "[fibers][activat
   test::Serving<decltype(server)> serving(server);
   CHECK(ask(where, "inherited\n") == "INHERITED\n");
 }
+
+namespace {
+
+// Python's way of stopping a server from a request: shutdown() from the handler.
+struct Stopper : ss::StreamRequestHandler<> {
+  void handle() {
+    if (rfile.readline() == "stop\n") {
+      server.shutdown();  // waits for serve_forever() to return, suspending only this fiber
+      wfile.write("stopped\n");
+    } else {
+      wfile.write("running\n");
+    }
+  }
+};
+
+}  // namespace
+
+TEST_CASE("a handler on a fiber can call shutdown(): the server stops, the handler goes on",
+          "[fibers][shutdown]") {
+  for (std::size_t loops : {1u, 2u}) {
+    CAPTURE(loops);
+    ss::FiberTCPServer<Stopper> server({"127.0.0.1", 0});
+    server.loop_threads = loops;
+    std::thread serving([&] { server.serve_forever(); });
+    CHECK(ask(server.server_address, "hello\n") == "running\n");
+    CHECK(ask(server.server_address, "stop\n") == "stopped\n");
+    serving.join();  // serve_forever() returned
+    CHECK_FALSE(server.is_serving());
+  }
+}

@@ -6,6 +6,7 @@
 #include <unistd.h>  // fork, pid_t
 
 #include <atomic>              // std::atomic
+#include <chrono>              // std::chrono::milliseconds
 #include <condition_variable>  // std::condition_variable
 #include <cstdint>             // std::uint64_t
 #include <mutex>               // std::mutex, std::unique_lock, std::lock_guard
@@ -15,6 +16,7 @@
 
 #include "detail/drain_signal.hpp"
 #include "detail/exceptions.hpp"  // request_outcome
+#include "detail/poll.hpp"        // poll_once: a wait that suspends only a fiber
 #include "detail/wakeup.hpp"
 #include "socket.hpp"  // socket, timeout_type
 #include "stats.hpp"
@@ -59,6 +61,16 @@ class any_server {
     // keeps "start a serving thread, then shutdown()" free of races on a reused server.
     if (!serving_ && completed_loops_ > 0) return;
     const auto generation = completed_loops_;
+    if (detail::fiber_waiting != nullptr) {
+      // A handler on a fiber: blocking its loop thread would keep the loop from ending
+      // (FiberMixIn waits for every loop's accepting fiber). Suspend only this fiber.
+      while (completed_loops_ == generation) {
+        lock.unlock();
+        (void)detail::poll_once(nullptr, 0, detail::clock::now() + std::chrono::milliseconds(1));
+        lock.lock();
+      }
+      return;
+    }
     cv_.wait(lock, [&] { return completed_loops_ != generation; });
   }
 
