@@ -451,3 +451,130 @@ TEST_CASE("a handler on a fiber can call shutdown(): the server stops, the handl
     CHECK_FALSE(server.is_serving());
   }
 }
+
+namespace {
+
+// Many offloads that finish at once: the fiber must only ever be woken by its own completion
+// (a wake-up left over from one that finished before the fiber parked resumed ended fibers).
+struct QuickOffloads : ss::StreamRequestHandler<> {
+  void handle() {
+    rfile.readline();
+    int sum = 0;
+    for (int i = 0; i < 300; ++i) sum += ss::offload([] { return 1; });
+    wfile.write(std::to_string(sum) + "\n");
+  }
+};
+
+// Every handler offloads a call that waits until all of them are in: a burst of offloads
+// runs at once, not one after the other behind one helper thread.
+struct Rendezvous : ss::StreamRequestHandler<> {
+  static inline test::Gate* all_in = nullptr;
+  static inline std::atomic<int> arrived{0};
+  void handle() {
+    rfile.readline();
+    const bool met = ss::offload([] {
+      if (++arrived == 8) all_in->release();
+      std::unique_lock<std::mutex> lock(all_in->mutex);
+      return all_in->changed.wait_for(lock, 10s, [] { return all_in->open; });
+    });
+    wfile.write(met ? "met\n" : "alone\n");
+  }
+};
+
+}  // namespace
+
+TEST_CASE("offload: results that are ready at once, and a burst of blocking calls together",
+          "[fibers][offload]") {
+  {
+    ss::FiberTCPServer<QuickOffloads> server({"127.0.0.1", 0});
+    server.loop_threads = 1;
+    test::Serving<decltype(server)> serving(server);
+    std::vector<std::thread> clients;
+    std::vector<std::string> replies(8);
+    for (std::size_t i = 0; i < replies.size(); ++i)
+      clients.emplace_back([&, i] { replies[i] = ask(server.server_address, "go\n"); });
+    for (auto& t : clients) t.join();
+    for (const auto& r : replies) CHECK(r == "300\n");
+  }
+  {
+    test::Gate all_in;
+    Rendezvous::all_in = &all_in;
+    ss::FiberTCPServer<Rendezvous> server({"127.0.0.1", 0});
+    server.loop_threads = 1;
+    test::Serving<decltype(server)> serving(server);
+    std::vector<std::thread> clients;
+    std::vector<std::string> replies(8);
+    for (std::size_t i = 0; i < replies.size(); ++i)
+      clients.emplace_back([&, i] { replies[i] = ask(server.server_address, "go\n"); });
+    for (auto& t : clients) t.join();
+    for (const auto& r : replies) CHECK(r == "met\n");
+  }
+}
+
+namespace {
+
+// A large reply under a handler timeout, to a client that has shut down its sending side:
+// the wait for room must not end early (a hang-up of the other direction is not "writable").
+struct BigReply : ss::StreamRequestHandler<> {
+  static constexpr ss::timeout_type timeout = std::chrono::seconds(20);
+  void handle() {
+    rfile.readline();
+    wfile.write(std::string(8 << 20, 'x'));
+  }
+};
+
+struct ThrowingVerify : ss::FiberTCPServer<Upper, ThrowingVerify> {
+  using base = ss::FiberTCPServer<Upper, ThrowingVerify>;
+  using base::base;
+  bool verify_request(ss::socket&, const ss::address&) { throw std::runtime_error("refused"); }
+};
+
+struct StopInHooks : ss::FiberTCPServer<Upper, StopInHooks> {
+  using base = ss::FiberTCPServer<Upper, StopInHooks>;
+  using base::base;
+  std::atomic<int> refused{0};
+  void service_actions() {
+    try {
+      shutdown();
+    } catch (const std::logic_error&) {
+      ++refused;
+    }
+  }
+};
+
+}  // namespace
+
+TEST_CASE("a timed write to a client that shut down its sending side waits for room",
+          "[fibers][timeout]") {
+  ss::FiberTCPServer<BigReply> server({"127.0.0.1", 0});
+  test::Serving<decltype(server)> serving(server);
+  ss::socket c = test::connect_to(server.server_address);
+  c.sendall("big\n");
+  c.shutdown(SHUT_WR);
+  CHECK(test::recv_all(c, 16u << 20).size() == (8u << 20));
+}
+
+TEST_CASE("an exception from a hook on a loop ends serve_forever, as on the other servers",
+          "[fibers][hooks]") {
+  ThrowingVerify server({"127.0.0.1", 0});
+  std::exception_ptr ended;
+  std::thread serving([&] {
+    try {
+      server.serve_forever();
+    } catch (...) {
+      ended = std::current_exception();
+    }
+  });
+  ss::socket c = test::connect_to(server.server_address);
+  serving.join();  // ends by itself
+  REQUIRE(ended);
+  CHECK_THROWS_WITH(std::rethrow_exception(ended), "refused");
+}
+
+TEST_CASE("shutdown() from a hook on a loop throws instead of waiting for itself",
+          "[fibers][hooks]") {
+  StopInHooks server({"127.0.0.1", 0});
+  test::Serving<StopInHooks> serving(server, 1h);
+  CHECK(ask(server.server_address, "one\n") == "ONE\n");
+  CHECK(test::eventually([&] { return server.refused >= 1; }));
+}

@@ -50,10 +50,12 @@ class any_server {
   /// from a handler of a synchronous server), which would otherwise wait for itself forever.
   void shutdown() {
     std::unique_lock<std::mutex> lock(mutex_);
-    if ((serving_ && serving_thread_ == std::this_thread::get_id()) || in_loop_hooks_ == this)
+    if ((serving_ && serving_thread_ == std::this_thread::get_id()) || in_loop_hooks_ == this ||
+        (detail::fiber_waiting != nullptr && detail::fiber_waiting->hooks_owner() == this))
       throw std::logic_error(
-          "shutdown() called from the thread running serve_forever() (or a pool worker in its "
-          "loop's hooks): it would wait for itself forever; call it from another thread");
+          "shutdown() called from the thread running serve_forever() (or from the loop hooks of "
+          "a pool worker or a fiber loop): it would wait for itself forever; call it from "
+          "another thread");
     shutdown_request_ = true;
     wakeup_.notify();
     // Nothing serving, and a loop has already ended: return at once, as CPython does. The

@@ -4,6 +4,8 @@
 // fiber_mutex. Each also works off a fiber, where it blocks the thread as usual.
 #pragma once
 
+#include <pthread.h>  // pthread_atfork
+
 #include <atomic>              // std::atomic
 #include <chrono>              // std::chrono::duration
 #include <condition_variable>  // std::condition_variable
@@ -12,6 +14,7 @@
 #include <exception>           // std::exception_ptr, std::current_exception, std::rethrow_exception
 #include <functional>          // std::function
 #include <mutex>               // std::mutex, std::unique_lock
+#include <new>                 // placement new
 #include <optional>            // std::optional
 #include <thread>              // std::thread
 #include <type_traits>         // std::invoke_result_t, std::is_void_v
@@ -29,14 +32,6 @@ inline std::pair<fiber_loop*, fiber*> running_on_fiber() noexcept {
   return {loop, loop != nullptr ? loop->running() : nullptr};
 }
 
-// Wakes `f`, parked on `loop`, from any thread.
-inline void wake_from_anywhere(fiber_loop* loop, fiber* f) {
-  if (fiber_loop::current() == loop)
-    loop->wake(f);
-  else
-    loop->post([loop, f] { loop->wake(f); });
-}
-
 /// The helper threads of offload(): started as jobs need them, up to `max_threads`; a thread
 /// idle for a while ends. Process-wide, never destroyed (threads may still finish a job while
 /// the process exits).
@@ -46,32 +41,44 @@ class offload_pool {
   static constexpr std::chrono::seconds idle_exit{10};
 
   static offload_pool& instance() {
-    static offload_pool* pool = new offload_pool;  // never destroyed: see the class comment
+    static offload_pool* pool = [] {
+      auto* p = new offload_pool;  // never destroyed: see the class comment
+      // A forked child has none of the threads: it starts afresh.
+      (void)::pthread_atfork(nullptr, nullptr, [] { instance().reset_in_child(); });
+      return p;
+    }();
     return *pool;
   }
 
   void submit(std::function<void()> job) {
-    std::unique_lock<std::mutex> lock(mutex_);
+    std::lock_guard<std::mutex> lock(mutex_);
     jobs_.push_back(std::move(job));
-    if (idle_ > 0 || threads_ >= max_threads) {
+    // A thread for each job that no idle thread will take (a burst of jobs must not queue
+    // behind one idle thread).
+    if (jobs_.size() <= idle_ || threads_ >= max_threads) {
       work_.notify_one();
       return;
     }
-    ++threads_;
-    lock.unlock();
     try {
-      std::thread([this] { work(); }).detach();
+      std::thread([this] { work(); }).detach();  // it waits for the lock held here
+      ++threads_;
     } catch (...) {  // no thread: the threads there take the job when they can
-      lock.lock();
-      --threads_;
       if (threads_ == 0) {
-        jobs_.pop_back();
+        jobs_.pop_back();  // ours: the lock is held
         throw;
       }
     }
   }
 
  private:
+  void reset_in_child() noexcept {
+    new (&mutex_) std::mutex;  // whatever a thread of the parent held
+    new (&work_) std::condition_variable;
+    new (&jobs_) std::deque<std::function<void()>>;  // the parent's jobs are its own (leaked)
+    threads_ = 0;
+    idle_ = 0;
+  }
+
   void work() {
     std::unique_lock<std::mutex> lock(mutex_);
     for (;;) {
@@ -125,7 +132,7 @@ auto offload(F&& fn) -> std::invoke_result_t<F&> {
   struct outcome {
     std::conditional_t<std::is_void_v<result_type>, bool, std::optional<result_type>> value{};
     std::exception_ptr error;
-    std::atomic<bool> done{false};
+    bool done = false;  // set on the fiber's loop thread, by the task that wakes it
   } out;
   detail::fiber_loop* home = loop;
   detail::fiber* waiter = self;
@@ -138,11 +145,14 @@ auto offload(F&& fn) -> std::invoke_result_t<F&> {
     } catch (...) {
       out.error = std::current_exception();
     }
-    out.done.store(true, std::memory_order_release);
-    home->post([home, waiter] { home->wake(waiter); });
+    // Only this task ends the wait: a flag the fiber could see before parking would let it
+    // return, and the wake-up would then reach a fiber that has ended.
+    home->post([&out, home, waiter] {
+      out.done = true;
+      home->wake(waiter);
+    });
   });
-  while (!out.done.load(std::memory_order_acquire))
-    loop->park_until(detail::clock::time_point::max());
+  while (!out.done) loop->park_until(detail::clock::time_point::max());
   if (out.error) std::rethrow_exception(out.error);
   if constexpr (!std::is_void_v<result_type>) return std::move(*out.value);
 }
@@ -198,10 +208,16 @@ class fiber_mutex {
       return;
     }
     detail::fiber_loop* loop = next->loop;
-    detail::fiber* f = next->fiber;
-    next->granted.store(true, std::memory_order_release);  // `next` may be gone after this
     guard.unlock();
-    detail::wake_from_anywhere(loop, f);
+    if (detail::fiber_loop::current() == loop) {  // the waiter is parked (this thread runs)
+      next->granted.store(true, std::memory_order_release);
+      loop->wake(next->fiber);
+    } else {  // granted on its own thread, where it parks before the task can run
+      loop->post([loop, next] {
+        next->granted.store(true, std::memory_order_release);
+        loop->wake(next->fiber);
+      });
+    }
   }
 
  private:

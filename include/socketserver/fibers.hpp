@@ -10,6 +10,7 @@
 #include <condition_variable>  // std::condition_variable
 #include <cstddef>             // std::size_t
 #include <cstdio>              // std::fprintf
+#include <exception>           // std::exception_ptr, std::current_exception, std::rethrow_exception
 #include <memory>              // std::unique_ptr
 #include <mutex>               // std::mutex, std::unique_lock, std::lock_guard
 #include <system_error>        // std::system_error
@@ -84,19 +85,29 @@ class FiberMixIn : public Base {
     const int fd = this->fileno();
     if (fd < 0) throw std::system_error(EBADF, std::system_category(), "serve_forever");
     detail::nonblocking_scope nonblocking(detail::is_stream<request_type> ? fd : -1);
+    // Accepted connections inherit the listening socket's timeouts (Linux): then each
+    // connection's waits ask its socket (detail::fiber_loop::adopt()).
+    listener_has_timeouts_ = this->socket.gettimeout().has_value();
+    accept_error_ = nullptr;
     start_acceptors(fd);
-    struct stop_at_exit {
-      FiberMixIn& server;
-      ~stop_at_exit() { server.stop_acceptors(); }
-    } stopping{*this};
-    pollfd fds[2] = {{this->wakeup_.fileno(), POLLIN, 0},
-                     {this->derived().stop_fileno(), POLLIN, 0}};
-    while (!this->shutdown_requested()) {
-      detail::poll_for(fds, 2, poll_interval);
-      if (this->shutdown_requested() || fds[1].revents != 0) break;
-      std::lock_guard<std::mutex> hooks(hooks_mutex_);
-      this->derived().service_actions();
+    {
+      struct stop_at_exit {
+        FiberMixIn& server;
+        ~stop_at_exit() { server.stop_acceptors(); }
+      } stopping{*this};
+      pollfd fds[2] = {{this->wakeup_.fileno(), POLLIN, 0},
+                       {this->derived().stop_fileno(), POLLIN, 0}};
+      while (!this->shutdown_requested() && !accept_failed_) {
+        detail::poll_for(fds, 2, poll_interval);
+        if (this->shutdown_requested() || accept_failed_ || fds[1].revents != 0) break;
+        std::lock_guard<std::mutex> hooks(hooks_mutex_);
+        this->derived().service_actions();
+      }
     }
+    // What a loop's accepting fiber could not handle ends serve_forever(), as it would on
+    // the other servers (a verify_request() that throws, say).
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (accept_error_) std::rethrow_exception(std::exchange(accept_error_, nullptr));
   }
 
   /// Starts a fiber that runs process_request_fiber(); returns at once (on a loop: the fiber
@@ -106,20 +117,25 @@ class FiberMixIn : public Base {
   void process_request(request_type& request, const address& client_address) {
     auto t = std::make_unique<task>(std::move(request), client_address);
     track(t.get());
+    struct untrack_on_failure {  // the request goes back to the caller, as it came
+      FiberMixIn& server;
+      std::unique_ptr<task>& t;
+      request_type& request;
+      ~untrack_on_failure() {
+        if (t == nullptr) return;
+        server.untrack(t.get());
+        request = std::move(t->request);
+        server.finished_one();
+      }
+    } on_failure{*this, t, request};
     detail::fiber_loop* here = detail::fiber_loop::current();
     if (here != nullptr && here->running() != nullptr && serves_on(here)) {
-      try {
-        here->spawn(fiber_body(t.get()));
-      } catch (...) {
-        untrack(t.get());
-        request = std::move(t->request);
-        throw;
-      }
+      here->spawn(fiber_body(t.get()));
       t.release();
       return;
     }
     detail::fiber_loop* loop = next_loop();
-    task* raw = t.release();
+    task* raw = t.get();
     loop->post([this, loop, raw] {
       try {
         loop->spawn(fiber_body(raw));
@@ -138,6 +154,7 @@ class FiberMixIn : public Base {
         finished_one();
       }
     });
+    t.release();  // the posted task owns it now
   }
 
   /// Same as BaseServer::process_request() but on the request's fiber, with errors handled
@@ -200,6 +217,10 @@ class FiberMixIn : public Base {
     // std::thread that is not joined may not be destroyed.
     for (auto& l : loops_) (void)new loop_thread(std::move(l));
     loops_.clear();
+    // Nor do the supervisor's fibers: this process has none running.
+    running_.prev = running_.next = &running_;
+    active_ = 0;
+    acceptors_ = 0;
   }
 
   /// How many loop threads run now (loop_threads of them from the first request or
@@ -256,8 +277,9 @@ class FiberMixIn : public Base {
           loop->running()->tag = nullptr;
         }
       } untagging{loop};
-      if constexpr (detail::is_stream<request_type>) loop->adopt(t->request.fileno());
       try {
+        if constexpr (detail::is_stream<request_type>)
+          loop->adopt(t->request.fileno(), listener_has_timeouts_);
         this->derived().process_request_fiber(t->request, t->client_address);
       } catch (detail::forced_unwind&) {
         throw;
@@ -314,22 +336,39 @@ class FiberMixIn : public Base {
   void start_acceptors(int fd) {
     std::unique_lock<std::mutex> lock(mutex_);
     accepting_ = true;
+    accept_failed_ = false;
     acceptors_ = loops_.size();
     lock.unlock();
     for (auto& l : loops_) {
       detail::fiber_loop* loop = l.loop.get();
       loop_thread* slot = &l;
       loop->post([this, loop, slot, fd] {
-        loop->spawn([this, loop, slot, fd] { accept_loop(*loop, *slot, fd); });
+        try {
+          loop->spawn([this, loop, slot, fd] { accept_loop(*loop, *slot, fd); });
+        } catch (...) {  // no fiber for it: serve_forever() reports why
+          accept_failed(std::current_exception());
+          std::lock_guard<std::mutex> guard(mutex_);
+          --acceptors_;
+          acceptors_done_.notify_all();
+        }
       });
     }
+  }
+
+  // Records the first failure of an accepting fiber and wakes serve_forever(), which ends.
+  void accept_failed(std::exception_ptr error) noexcept {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (!accept_error_) accept_error_ = std::move(error);
+      accept_failed_ = true;
+    }
+    this->wakeup_.notify();
   }
 
   void accept_loop(detail::fiber_loop& loop, loop_thread& slot, int fd) {
     struct end {
       FiberMixIn& server;
       detail::fiber_loop& loop;
-      loop_thread& slot;
       int fd;
       ~end() {
         loop.unwatch(fd);
@@ -337,45 +376,55 @@ class FiberMixIn : public Base {
         --server.acceptors_;
         server.acceptors_done_.notify_all();
       }
-    } ending{*this, loop, slot, fd};
-    if (!accepting_.load(std::memory_order_acquire)) return;
+    } ending{*this, loop, fd};
     struct parked {  // stop_acceptors() interrupts the fiber only in its own waits
       loop_thread& slot;
       explicit parked(loop_thread& s, detail::fiber* f) : slot(s) { slot.acceptor = f; }
       ~parked() { slot.acceptor = nullptr; }
     };
-    bool watching = false;
-    int streak = 0;  // requests taken in a row: then the new fibers get their turn
-    while (accepting_.load(std::memory_order_acquire)) {
-      const auto paused_until = this->accept_paused_until();
-      if (paused_until > detail::clock::now()) {  // out of descriptors: wait, then retry
-        loop.unwatch(fd);
-        watching = false;
-        parked waiting(slot, loop.running());
-        loop.park_until(paused_until);
-        continue;
+    struct in_hooks {  // shutdown() from a hook would wait for this fiber: it throws instead
+      detail::fiber_loop& loop;
+      std::unique_lock<std::mutex> turn;
+      in_hooks(detail::fiber_loop& l, std::mutex& m, const void* server) : loop(l), turn(m) {
+        loop.set_hooks_owner(server);
       }
-      if (!watching) {
-        loop.watch_shared(fd);
-        watching = true;
+      ~in_hooks() { loop.set_hooks_owner(nullptr); }
+    };
+    try {
+      bool watching = false;
+      int streak = 0;  // requests taken in a row: then the new fibers get their turn
+      while (accepting_.load(std::memory_order_acquire)) {
+        const auto paused_until = this->accept_paused_until();
+        if (paused_until > detail::clock::now()) {  // out of descriptors: wait, then retry
+          loop.unwatch(fd);
+          watching = false;
+          parked waiting(slot, loop.running());
+          loop.park_until(paused_until);
+          continue;
+        }
+        if (!watching) {
+          loop.watch_shared(fd);
+          watching = true;
+        }
+        bool served = false;
+        {
+          in_hooks hooks(loop, hooks_mutex_, static_cast<const any_server*>(this));
+          served = this->handle_request_noblock();
+          if (served) this->derived().service_actions();  // after each request, as Python's
+        }
+        if (served && ++streak < 64) continue;
+        streak = 0;
+        if (served) {
+          loop.yield();
+        } else {
+          parked waiting(slot, loop.running());
+          loop.wait(fd, POLLIN, detail::clock::time_point::max());
+        }
       }
-      bool served = false;
-      try {
-        std::lock_guard<std::mutex> hooks(hooks_mutex_);
-        served = this->handle_request_noblock();
-        if (served) this->derived().service_actions();  // after each request, as Python's loop
-      } catch (const std::system_error& e) {            // the socket cannot accept at all (closed)
-        std::fprintf(stderr, "socketserver: fiber loop stops accepting: %s\n", e.what());
-        return;
-      }
-      if (served && ++streak < 64) continue;
-      streak = 0;
-      if (served) {
-        loop.yield();
-      } else {
-        parked waiting(slot, loop.running());
-        loop.wait(fd, POLLIN, detail::clock::time_point::max());
-      }
+    } catch (detail::forced_unwind&) {
+      throw;
+    } catch (...) {  // the socket cannot accept, or a hook threw: serve_forever() ends with it
+      accept_failed(std::current_exception());
     }
   }
 
@@ -439,6 +488,9 @@ class FiberMixIn : public Base {
   std::size_t active_ = 0;
   std::size_t acceptors_ = 0;
   std::atomic<bool> accepting_{false};
+  std::atomic<bool> accept_failed_{false};  // accept_error_ is set: serve_forever() ends
+  std::exception_ptr accept_error_;         // (under mutex_)
+  bool listener_has_timeouts_ = false;
   std::mutex hooks_mutex_;  // get_request(), verify_request() and service_actions(): one at a time
   mutable std::mutex loops_mutex_;
   std::vector<loop_thread> loops_;

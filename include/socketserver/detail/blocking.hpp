@@ -11,7 +11,9 @@
 #include <sys/socket.h>  // MSG_DONTWAIT
 #include <sys/types.h>   // ssize_t
 
-#include <cerrno>  // errno, EAGAIN, EWOULDBLOCK
+#include <algorithm>  // std::min
+#include <cerrno>     // errno, EAGAIN, EWOULDBLOCK
+#include <chrono>     // std::chrono::milliseconds
 
 #include "errno.hpp"  // retry_on_eintr
 #include "time.hpp"   // clock
@@ -57,6 +59,9 @@ class fiber_waiter {
   virtual void timeout_changed(int fd) noexcept = 0;
   /// `fd` is about to be closed on this thread: forget what is known of it.
   virtual void closing(int fd) noexcept = 0;
+  /// The server whose loop hooks (get_request(), verify_request(), service_actions()) the
+  /// running fiber runs now, or nullptr: its shutdown() would wait for itself.
+  virtual const void* hooks_owner() const noexcept = 0;
 
  protected:
   ~fiber_waiter() = default;
@@ -90,8 +95,14 @@ ssize_t fiber_io(int fd, short events, int flags, Call call) noexcept {
     bool ready = false;
     try {
       ready = deadline > clock::now() && waiter->wait(fd, events, deadline);
-    } catch (...) {  // the loop could not wait for this descriptor: block the thread instead
-      return retry_on_eintr([&] { return call(flags); });
+    } catch (...) {  // the loop could not wait for this descriptor: look again shortly
+      pollfd none{-1, 0, 0};
+      try {
+        (void)waiter->poll(&none, 1,
+                           std::min(deadline, clock::now() + std::chrono::milliseconds(1)));
+      } catch (...) {
+      }
+      ready = deadline > clock::now();
     }
     if (!ready) {
       errno = EAGAIN;

@@ -58,6 +58,7 @@ struct fiber {
   clock::time_point deadline{};
   clock::time_point resumed_at{};  // when the loop last switched to it (stall detection)
   void* tag = nullptr;             // the spawner's, passed to the stall report
+  const void* hooks_of = nullptr;  // the server whose loop hooks this fiber runs now
   fiber* next = nullptr;           // ready list, free list
 };
 
@@ -119,12 +120,10 @@ class fiber_loop final : public fiber_waiter {
   /// From any thread: runs fn on the loop's thread, outside any fiber (it must not wait;
   /// it may spawn()).
   void post(std::function<void()> fn) {
-    bool was_empty = false;
-    {
-      std::lock_guard<std::mutex> lock(posted_mutex_);
-      was_empty = posted_.empty();
-      posted_.push_back(std::move(fn));
-    }
+    std::lock_guard<std::mutex> lock(posted_mutex_);
+    const bool was_empty = posted_.empty();
+    posted_.push_back(std::move(fn));
+    // Under the lock: once it is released the loop may take the task, end and be destroyed.
     if (was_empty) posted_wakeup_.notify();
   }
 
@@ -143,6 +142,7 @@ class fiber_loop final : public fiber_waiter {
     f->body = std::move(body);
     f->finished = false;
     f->tag = nullptr;
+    f->hooks_of = nullptr;
     f->next = nullptr;
     ++live_;
     make_ready(f, fiber::woke::ready);
@@ -165,11 +165,12 @@ class fiber_loop final : public fiber_waiter {
     suspend(f);
   }
 
-  /// Reports the running fiber if it has run past the stall threshold since it was resumed
-  /// (the loop checks each time a fiber suspends; a fiber checks itself before its tag's
-  /// object goes away).
-  void check_stall() noexcept {
-    fiber* f = running_;
+  /// Reports the running fiber if it has run past the stall threshold since it was resumed.
+  /// The loop checks each fiber that switches back to it (on the loop's own stack, so a report
+  /// that waits does not disturb the fiber's wait); a fiber checks itself before its tag's
+  /// object goes away.
+  void check_stall() noexcept { check_stall(running_); }
+  void check_stall(fiber* f) noexcept {
     if (f == nullptr || stall_threshold_.count() <= 0 || !stall_report_) return;
     const auto ran = clock::now() - f->resumed_at;
     if (ran <= stall_threshold_) return;
@@ -178,6 +179,12 @@ class fiber_loop final : public fiber_waiter {
       stall_report_(std::chrono::duration_cast<std::chrono::nanoseconds>(ran), f->tag);
     } catch (...) {
     }
+  }
+
+  /// Marks the running fiber as running `server`'s loop hooks (nullptr: no longer): a
+  /// shutdown() from there would wait for the fiber itself (see hooks_owner()).
+  void set_hooks_owner(const void* server) noexcept {
+    if (running_ != nullptr) running_->hooks_of = server;
   }
 
   /// Makes a parked fiber of this loop ready (its park_until() returns true).
@@ -199,60 +206,30 @@ class fiber_loop final : public fiber_waiter {
 
   /// Marks `fd` as a connection this loop's fibers own until closing(fd): waits on it
   /// register it once, edge-triggered, instead of once per wait.
-  void adopt(int fd) {
+  /// `timeouts_possible`: the connection may carry a socket timeout or be non-blocking
+  /// already (inherited from the listening socket), so waits ask the socket.
+  void adopt(int fd, bool timeouts_possible = false) {
     fd_state& s = state(fd);
     if (s.registered) forget(fd);  // a number reused without closing() (a raw ::close())
+    // A settimeout() made before the handler started (get_request(), verify_request(), on
+    // this thread) is kept: at worst the waits ask the socket.
+    const bool timeout_set = s.timeout_set || timeouts_possible;
     s = fd_state{};
     s.owned = true;
+    s.timeout_set = timeout_set;
   }
 
   // --- fiber_waiter: the library's waits, on a fiber of this loop -------------------------
 
   bool wait(int fd, short events, clock::time_point deadline) override {
-    if (fd >= 0 && static_cast<std::size_t>(fd) < fds_.size() &&
-        (events == POLLIN || events == POLLOUT)) {
-      fd_state& s = fds_[static_cast<std::size_t>(fd)];
-      if (s.owned || s.shared) {
-        fiber*& waiter = events == POLLIN ? s.reader : s.writer;
-        if (waiter == nullptr && (!s.shared || events == POLLIN)) {
-          bool& ready = events == POLLIN ? s.readable : s.writable;
-          if (ready) {  // an edge came while nobody waited: try again
-            ready = false;
-            return true;
-          }
-          if (!s.registered) register_owned(fd, s);
-          waiter = running_;
-          const bool woken = park_until(deadline);
-          // fds_ may have grown while the fiber was parked: look the slot up again.
-          fd_state& after = fds_[static_cast<std::size_t>(fd)];
-          fiber*& slot = events == POLLIN ? after.reader : after.writer;
-          if (slot == running_) slot = nullptr;
-          return woken;
-        }
-      }
-    }
+    bool woken = false;
+    if (wait_registered(fd, events, deadline, woken)) return woken;
     pollfd p{fd, events, 0};
-    return poll(&p, 1, deadline) > 0;
+    return poll_any(&p, 1, deadline) > 0;
   }
 
   int poll(pollfd* fds, nfds_t count, clock::time_point deadline) override {
-    for (nfds_t i = 0; i < count; ++i) fds[i].revents = 0;
-    int ready = ::poll(fds, count, 0);
-    if (ready != 0 || deadline <= clock::now()) return ready;
-    std::vector<one_wait> waits(count);
-    struct unregister {
-      fiber_loop& loop;
-      std::vector<one_wait>& waits;
-      ~unregister() {
-        for (one_wait& w : waits) loop.unregister_one(w);
-      }
-    } unregistering{*this, waits};
-    for (nfds_t i = 0; i < count; ++i) register_one(waits[i], fds[i]);
-    bool immediate = false;
-    for (const one_wait& w : waits) immediate = immediate || w.unwatchable;
-    if (!immediate) park_until(deadline);
-    for (one_wait& w : waits) unregister_one(w);
-    return ::poll(fds, count, 0);
+    return poll_any(fds, count, deadline);
   }
 
   clock::time_point call_deadline(int fd, short events) override {
@@ -281,6 +258,10 @@ class fiber_loop final : public fiber_waiter {
   }
 
   void closing(int fd) noexcept override { forget(fd); }
+
+  const void* hooks_owner() const noexcept override {
+    return running_ != nullptr ? running_->hooks_of : nullptr;
+  }
 
  private:
   // What the loop knows of a descriptor (indexed by its number).
@@ -338,7 +319,8 @@ class fiber_loop final : public fiber_waiter {
     // A descriptor the loop holds an interest in already (or, with kqueue, any: a second
     // interest would replace the first) is waited on through a duplicate.
     const bool known = static_cast<std::size_t>(p.fd) < fds_.size() &&
-                       fds_[static_cast<std::size_t>(p.fd)].registered;
+                       (fds_[static_cast<std::size_t>(p.fd)].registered ||
+                        fds_[static_cast<std::size_t>(p.fd)].owned);
     bool duplicate = fiber_poller::once_needs_own_descriptor || known;
     for (int attempt = 0; attempt < 2; ++attempt, duplicate = true) {
       w.fd = p.fd;
@@ -367,6 +349,71 @@ class fiber_loop final : public fiber_waiter {
     w.duplicate = false;
   }
 
+  // A wait through the edge-triggered registration of a connection of this loop (or the
+  // shared socket, for reading), when nobody else waits for the same on it: no system call
+  // but the wait itself. False when that does not apply (then `woken` is untouched).
+  bool wait_registered(int fd, short events, clock::time_point deadline, bool& woken) {
+    if (fd < 0 || static_cast<std::size_t>(fd) >= fds_.size() ||
+        (events != POLLIN && events != POLLOUT))
+      return false;
+    fd_state& s = fds_[static_cast<std::size_t>(fd)];
+    if (!s.owned && !(s.shared && events == POLLIN)) return false;
+    fiber*& waiter = events == POLLIN ? s.reader : s.writer;
+    if (waiter != nullptr) return false;
+    bool& ready = events == POLLIN ? s.readable : s.writable;
+    if (ready) {  // an edge came while nobody waited: try again
+      ready = false;
+      woken = true;
+      return true;
+    }
+    if (!s.registered) register_owned(fd, s);
+    waiter = running_;
+    woken = park_until(deadline);
+    // fds_ may have grown while the fiber was parked: look the slot up again.
+    fd_state& after = fds_[static_cast<std::size_t>(fd)];
+    fiber*& slot = events == POLLIN ? after.reader : after.writer;
+    if (slot == running_) slot = nullptr;
+    return true;
+  }
+
+  // poll() on a fiber: until a descriptor is ready or the deadline has passed (a wake-up
+  // that finds nothing ready waits again; 0 means the deadline, as poll() says).
+  int poll_any(pollfd* fds, nfds_t count, clock::time_point deadline) {
+    for (nfds_t i = 0; i < count; ++i) fds[i].revents = 0;
+    pollfd* only = nullptr;  // the one descriptor waited for, if only one (the others -1)
+    nfds_t watched = 0;
+    for (nfds_t i = 0; i < count; ++i)
+      if (fds[i].fd >= 0) {
+        only = &fds[i];
+        ++watched;
+      }
+    for (;;) {
+      const int ready = ::poll(fds, count, 0);
+      if (ready != 0 || deadline <= clock::now()) return ready;
+      bool woken = false;
+      if (watched == 1 && wait_registered(only->fd, only->events, deadline, woken)) continue;
+      std::vector<one_wait> waits(count);
+      struct unregister {
+        fiber_loop& loop;
+        std::vector<one_wait>& waits;
+        ~unregister() {
+          for (one_wait& w : waits) loop.unregister_one(w);
+        }
+      } unregistering{*this, waits};
+      bool registered = true;
+      try {
+        for (nfds_t i = 0; i < count; ++i) register_one(waits[i], fds[i]);
+      } catch (const std::system_error&) {  // out of descriptors for a duplicate, say
+        registered = false;
+      }
+      for (const one_wait& w : waits) registered = registered && !w.unwatchable;
+      if (registered)
+        park_until(deadline);
+      else  // look again in a millisecond rather than block the loop's thread
+        park_until(std::min(deadline, clock::now() + std::chrono::milliseconds(1)));
+    }
+  }
+
   static void fiber_main(void* arg) {
     fiber* f = static_cast<fiber*>(arg);
     try {
@@ -386,10 +433,7 @@ class fiber_loop final : public fiber_waiter {
     fiber_context::exit_to(*f->context, f->loop->loop_context_);
   }
 
-  void suspend(fiber* f) noexcept {
-    check_stall();
-    fiber_context::switch_to(*f->context, loop_context_);
-  }
+  void suspend(fiber* f) noexcept { fiber_context::switch_to(*f->context, loop_context_); }
 
   void make_ready(fiber* f, fiber::woke reason) {
     if (f->queued) return;
@@ -424,7 +468,10 @@ class fiber_loop final : public fiber_waiter {
     fiber_waiting = nullptr;
     running_ = nullptr;
     set_running_fiber(nullptr, nullptr);
-    if (f->finished) recycle(f);
+    if (f->finished)
+      recycle(f);
+    else
+      check_stall(f);
   }
 
   void recycle(fiber* f) noexcept {

@@ -141,8 +141,8 @@ class fiber_poller {
   added add_once(int fd, short events, std::uint64_t tag) {
 #if defined(SOCKETSERVER_FIBER_EPOLL)
     epoll_event ev{};
-    ev.events = EPOLLONESHOT | EPOLLRDHUP;
-    if ((events & POLLIN) != 0) ev.events |= EPOLLIN;
+    ev.events = EPOLLONESHOT;
+    if ((events & POLLIN) != 0) ev.events |= EPOLLIN | EPOLLRDHUP;
     if ((events & POLLOUT) != 0) ev.events |= EPOLLOUT;
     ev.data.u64 = tag;
     if (::epoll_ctl(fd_, EPOLL_CTL_ADD, fd, &ev) == 0) return added::yes;
