@@ -224,6 +224,8 @@ class reader {
   // Receives more bytes into the buffer (at most `hint` when unbuffered); false at end.
   bool fill(std::size_t hint = static_cast<std::size_t>(-1)) {
     if (eof_) return false;
+    if (at_boundary_ && begin_ == end_ && bufsize_ != 0 && detail::fiber_waiting != nullptr)
+      return fill_at_boundary_on_fiber();
     std::size_t want = 0;
     if (bufsize_ == 0)
       want = hint == static_cast<std::size_t>(-1) ? 4096 : hint;
@@ -247,6 +249,24 @@ class reader {
     }
     if (got == want && fill_size_ < bufsize_) fill_size_ *= 4;  // the peer sends more
     end_ += got;
+    return true;
+  }
+
+  // On a fiber, the wait for the next request receives into the fiber's stack, with the
+  // buffer given back first: an idle connection (thousands of them, on fibers) then holds no
+  // buffer while it waits.
+  bool fill_at_boundary_on_fiber() {
+    char first[512];
+    std::string().swap(buffer_);
+    begin_ = end_ = 0;
+    const std::size_t got = receive(first, sizeof first);
+    if (got == 0) {
+      eof_ = true;
+      return false;
+    }
+    buffer_.assign(first, got);
+    end_ = got;
+    if (got == sizeof first && fill_size_ < bufsize_) fill_size_ *= 4;  // the peer sends more
     return true;
   }
 
