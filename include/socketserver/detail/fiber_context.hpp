@@ -185,11 +185,7 @@ class fiber_context {
 #endif
 
   /// The calling thread's own context (its original stack): what fibers switch back to.
-  fiber_context() noexcept {
-#if defined(SOCKETSERVER_DETAIL_TSAN)
-    tsan_fiber_ = __tsan_get_current_fiber();
-#endif
-  }
+  fiber_context() noexcept = default;
 
   /// A fiber on `stack`: the first switch_to() it runs `entry(arg)`, which must never return
   /// (a fiber ends with exit_to()). `stack` must outlive the context.
@@ -296,7 +292,11 @@ class fiber_context {
 #endif
   };
 
-  static void leave(fiber_context& from, fiber_context& to, void** fake_stack_save) noexcept {
+  // leave() and jump() are inlined into the switch: under TSan an instrumented function
+  // that returned between __tsan_switch_to_fiber() and the jump would pop its frame off the
+  // shadow stack of the context switched to (below the bottom of a new fiber's).
+  __attribute__((always_inline)) static void leave(fiber_context& from, fiber_context& to,
+                                                   void** fake_stack_save) noexcept {
 #if defined(SOCKETSERVER_DETAIL_FIBER_EH_GLOBALS)
     auto* now = reinterpret_cast<exception_state*>(abi::__cxa_get_globals());
     from.exceptions_ = *now;
@@ -309,6 +309,9 @@ class fiber_context {
     static_cast<void>(fake_stack_save);
 #endif
 #if defined(SOCKETSERVER_DETAIL_TSAN)
+    // A thread's own context is learnt as it leaves: it may have been constructed on another
+    // thread (a loop's, by the thread that starts the loop), whose TSan state is not this one.
+    if (!from.owns_tsan_fiber_) from.tsan_fiber_ = __tsan_get_current_fiber();
     __tsan_switch_to_fiber(to.tsan_fiber_, 0);
 #endif
   }
@@ -327,7 +330,7 @@ class fiber_context {
 #endif
   }
 
-  static void jump(fiber_context& from, fiber_context& to) noexcept {
+  __attribute__((always_inline)) static void jump(fiber_context& from, fiber_context& to) noexcept {
 #if defined(SOCKETSERVER_FIBER_UCONTEXT)
     if (::swapcontext(&from.context_, &to.context_) != 0) std::abort();
 #else
