@@ -4,7 +4,7 @@
 // fiber_mutex. Each also works off a fiber, where it blocks the thread as usual.
 #pragma once
 
-#include <pthread.h>  // pthread_atfork
+#include <pthread.h>  // pthread_atfork, pthread_create, pthread_detach
 
 #include <atomic>              // std::atomic
 #include <chrono>              // std::chrono::duration
@@ -16,7 +16,8 @@
 #include <mutex>               // std::mutex, std::unique_lock
 #include <new>                 // placement new
 #include <optional>            // std::optional
-#include <thread>              // std::thread
+#include <system_error>        // std::system_error
+#include <thread>              // std::this_thread::sleep_until
 #include <type_traits>         // std::invoke_result_t, std::is_void_v
 #include <utility>             // std::forward, std::move
 
@@ -59,18 +60,27 @@ class offload_pool {
       work_.notify_one();
       return;
     }
-    try {
-      std::thread([this] { work(); }).detach();  // it waits for the lock held here
+    // A bare pthread, not a std::thread: nothing on the heap belongs to the thread alone (a
+    // process forked while helpers run, e.g. a prefork worker, would leak what they owned).
+    pthread_t thread;
+    const int err = ::pthread_create(&thread, nullptr, &offload_pool::start, this);
+    if (err == 0) {  // it waits for the lock held here
+      ::pthread_detach(thread);
       ++threads_;
-    } catch (...) {  // no thread: the threads there take the job when they can
-      if (threads_ == 0) {
-        jobs_.pop_back();  // ours: the lock is held
-        throw;
-      }
+      return;
+    }
+    if (threads_ == 0) {  // no thread: the threads there take the job when they can
+      jobs_.pop_back();   // ours: the lock is held
+      throw std::system_error(err, std::system_category(), "pthread_create (offload helper)");
     }
   }
 
  private:
+  static void* start(void* pool) {
+    static_cast<offload_pool*>(pool)->work();
+    return nullptr;
+  }
+
   void reset_in_child() noexcept {
     new (&mutex_) std::mutex;  // whatever a thread of the parent held
     new (&work_) std::condition_variable;
