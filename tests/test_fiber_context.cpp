@@ -23,7 +23,9 @@
 #include <utility>
 #include <vector>
 
+#include <socketserver/address.hpp>
 #include <socketserver/detail/fiber_context.hpp>
+#include <socketserver/detail/fiber_overflow.hpp>
 #include <socketserver/detail/fiber_stack.hpp>
 
 #include "catch.hpp"
@@ -515,19 +517,45 @@ TEST_CASE("a thousand fibers run to their end one after another on one pooled st
   CHECK(total == 999 * 1000);
 }
 
-TEST_CASE("set_running_fiber copies the label, cut to fit", "[fiber][overflow]") {
+// What the overflow report writes for a client, without allocating: as address::to_string().
+std::string signal_safe_text(const ss::address& a) {
+  int pipe_fds[2];
+  REQUIRE(pipe(pipe_fds) == 0);
+  const int saved = dup(STDERR_FILENO);
+  dup2(pipe_fds[1], STDERR_FILENO);
+  ss::detail::signal_safe_line line;
+  line.put_address(a.data(), a.size());
+  line.write_to_stderr();
+  dup2(saved, STDERR_FILENO);
+  close(saved);
+  close(pipe_fds[1]);
+  char buffer[512];
+  const ssize_t n = read(pipe_fds[0], buffer, sizeof buffer);
+  close(pipe_fds[0]);
+  REQUIRE(n > 0);
+  return std::string(buffer, static_cast<std::size_t>(n) - 1);  // less the newline
+}
+
+TEST_CASE("the overflow report names the client as address::to_string() does",
+          "[fiber][overflow]") {
+  for (const ss::address& a :
+       {ss::address("127.0.0.1", 5555), ss::address("10.200.3.4", 65535), ss::address("::1", 80),
+        ss::address("::", 1), ss::address("2001:db8::ff00:42:8329", 443),
+        ss::address("2001:db8:0:1:0:0:0:1", 9), ss::address("fe80:1:2:3:4:5:6:7", 7),
+        ss::address("0:0:1::", 2), ss::address("::ffff:192.0.2.1", 3), ss::address("/tmp/s.sock"),
+        ss::address(std::string_view("\0abstract", 9)), ss::address("")})
+    CHECK(signal_safe_text(a) == a.to_string());
+}
+
+TEST_CASE("set_running_fiber records the stack and the client", "[fiber][overflow]") {
   fiber_stack stack = fiber_stack::allocate(4096);
-  std::string label = "client 127.0.0.1:5555";
-  ss::detail::set_running_fiber(&stack, label.c_str());
-  label = "changed";
-  CHECK(std::string(ss::detail::running_fiber.label) == "client 127.0.0.1:5555");
-  const std::string longer(500, 'x');
-  ss::detail::set_running_fiber(&stack, longer.c_str());
-  CHECK(std::string(ss::detail::running_fiber.label) ==
-        longer.substr(0, sizeof ss::detail::running_fiber.label - 1));
-  ss::detail::set_running_fiber(nullptr, nullptr);
+  const ss::address client("127.0.0.1", 5555);
+  ss::detail::set_running_fiber(&stack, client.data(), client.size());
+  CHECK(ss::detail::running_fiber.stack == &stack);
+  CHECK(ss::detail::running_fiber.peer == client.data());
+  ss::detail::set_running_fiber(nullptr, client.data(), client.size());
   CHECK(ss::detail::running_fiber.stack == nullptr);
-  CHECK(ss::detail::running_fiber.label[0] == '\0');
+  CHECK(ss::detail::running_fiber.peer == nullptr);  // the loop runs: no client
 }
 
 volatile std::size_t recursion_limit = ~std::size_t{0};
@@ -563,7 +591,8 @@ TEST_CASE("a fiber stack overflow is reported as one, and the process dies of SI
     fiber_context thread;
     fiber_context fiber(
         stack, [](void*) { _exit(static_cast<int>(overflow(0) & 1) + 3); }, nullptr);
-    ss::detail::set_running_fiber(&stack, "127.0.0.1:40000");
+    const ss::address client("127.0.0.1", 40000);
+    ss::detail::set_running_fiber(&stack, client.data(), client.size());
     fiber_context::switch_to(thread, fiber);
     _exit(2);
   }
@@ -580,7 +609,7 @@ TEST_CASE("a fiber stack overflow is reported as one, and the process dies of SI
   REQUIRE(waitpid(child, &status, 0) == child);
   CHECK(output ==
         "socketserver: fiber stack overflow (fiber_stack_size is 65536 bytes; raise it) "
-        "serving 127.0.0.1:40000\n");
+        "in the handler for 127.0.0.1:40000\n");
   REQUIRE(WIFSIGNALED(status));
   CHECK(WTERMSIG(status) == SIGSEGV);
 }
@@ -602,7 +631,7 @@ TEST_CASE("a SIGSEGV that is no fiber's overflow reaches the handler installed b
     ss::detail::install_fiber_overflow_reporter();
     ss::detail::alternate_signal_stack signal_stack;
     fiber_stack stack = fiber_stack::allocate(64 * 1024);
-    ss::detail::set_running_fiber(&stack, "elsewhere");  // a fiber runs, but faults elsewhere
+    ss::detail::set_running_fiber(&stack, nullptr, 0);  // a fiber runs, but faults elsewhere
     fiber_stack other = fiber_stack::allocate(4096);
     *(static_cast<volatile char*>(other.bottom()) - 1) = 1;  // another stack's guard
     _exit(2);

@@ -151,7 +151,8 @@ TEST_CASE("one loop thread holds hundreds of connections waiting in their handle
   REQUIRE(arrived.wait_for(kClients));
   CHECK(server.active_fibers() == static_cast<std::size_t>(kClients));
   CHECK(server.loop_thread_count() == 1);
-  CHECK(test::thread_count() == threads_before + 2);  // serve_forever()'s and the loop
+  // serve_forever()'s, the loop and the stall watchdog
+  CHECK(test::thread_count() == threads_before + 3);
   // Answered in the reverse order of arrival: each one only waited for its own client.
   for (int i = kClients - 1; i >= 0; --i) {
     const std::string line = "client " + std::to_string(i) + "\n";
@@ -323,7 +324,7 @@ struct StallWatch : ss::FiberTCPServer<Hog, StallWatch> {
   std::vector<std::string> reported;
   void handle_stall(const ss::address& client, std::chrono::nanoseconds ran) {
     std::lock_guard<std::mutex> lock(mutex);
-    reported.push_back(client.to_string() + (ran >= 50ms ? " long" : " short"));
+    reported.push_back(client.to_string() + (ran >= 20ms ? " long" : " short"));
   }
 };
 
@@ -345,6 +346,58 @@ TEST_CASE("a handler that blocks its loop thread is reported through handle_stal
   std::lock_guard<std::mutex> lock(server.mutex);
   REQUIRE(server.reported.size() == 1);
   CHECK(server.reported[0] == me + " long");
+}
+
+namespace {
+
+// Holds its loop thread until the test lets it go (bounded): a stall that would never end
+// on its own, as an endless loop or a raw ::recv() that nothing answers.
+std::atomic<bool> let_go{false};
+std::atomic<bool> spinning{false};
+
+struct Stuck : ss::StreamRequestHandler<> {
+  void handle() {
+    rfile.readline();
+    spinning = true;
+    const auto limit = std::chrono::steady_clock::now() + 5s;  // bound, not synchronisation
+    while (!let_go && std::chrono::steady_clock::now() < limit) {
+    }
+    spinning = false;
+    wfile.write("free\n");
+  }
+};
+
+struct OngoingWatch : ss::FiberTCPServer<Stuck, OngoingWatch> {
+  using base = ss::FiberTCPServer<Stuck, OngoingWatch>;
+  using base::base;
+  std::mutex mutex;
+  std::vector<std::string> reported;  // client, and whether the handler still ran then
+  void handle_stall(const ss::address& client, std::chrono::nanoseconds ran) {
+    std::lock_guard<std::mutex> lock(mutex);
+    reported.push_back(client.to_string() + (spinning ? " while stuck" : " after") +
+                       (ran >= 20ms ? "" : " (too soon)"));
+    let_go = true;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("a handler stuck on its loop thread is reported while it is stuck", "[fibers]") {
+  let_go = false;
+  OngoingWatch server({"127.0.0.1", 0});
+  server.stall_threshold = 20ms;
+  server.loop_threads = 1;
+  test::Serving<OngoingWatch> serving(server);
+  ss::socket c = test::connect_to(server.server_address);
+  const std::string me = c.getsockname().to_string();
+  c.sendall("hold\n");
+  c.shutdown(SHUT_WR);
+  // The report lets the handler go: without a report made while it runs, it spins to its
+  // 20 s bound and the report (at the end) says "after".
+  CHECK(test::recv_all(c) == "free\n");
+  std::lock_guard<std::mutex> lock(server.mutex);
+  REQUIRE(server.reported.size() == 1);  // once per stretch: not again when it ends
+  CHECK(server.reported[0] == me + " while stuck");
 }
 
 namespace {

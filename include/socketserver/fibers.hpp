@@ -37,7 +37,8 @@ namespace socketserver {
 ///
 /// The rule: a handler that blocks outside the library (a long computation, a raw ::recv(),
 /// a blocking client library, std::this_thread::sleep_for) stalls every fiber of its loop.
-/// Such a stretch longer than stall_threshold is reported through handle_stall().
+/// Such a stretch longer than stall_threshold is reported through handle_stall(), while it
+/// lasts (a watchdog thread looks every stall_threshold / 2) or when it ends.
 ///
 /// - loop_threads (0 = one per core): event-loop threads, each with its own epoll set. Every
 ///   loop accepts from the server's socket (a connection wakes one loop: EPOLLEXCLUSIVE) and
@@ -163,14 +164,16 @@ class FiberMixIn : public Base {
     this->finish_and_shut_down(request, client_address, [this] { untrack(current_task()); });
   }
 
-  /// Called (on the loop's thread) when a fiber ran for `ran` without suspending, longer than
-  /// stall_threshold: every other fiber of its loop waited that long. The default prints one
-  /// line to stderr naming the client. May be overridden.
+  /// Called when a request's fiber has run for `ran` without suspending, longer than
+  /// stall_threshold: every other fiber of its loop waited meanwhile. Once per stretch: by
+  /// the stall watchdog's thread while the stretch lasts, or by the loop's thread when it
+  /// ends within a watchdog period. Calls are serialized. The default prints one line to
+  /// stderr naming the client. May be overridden.
   void handle_stall(const address& client_address, std::chrono::nanoseconds ran) {
     std::fprintf(stderr,
-                 "socketserver: the handler for %s held its loop thread for %.1f ms without "
-                 "waiting through the library: the other connections of that thread waited "
-                 "(blocking calls outside the library stall a fiber's loop)\n",
+                 "socketserver: the handler for %s has held its loop thread for %.1f ms "
+                 "without waiting through the library: the other connections of that thread "
+                 "wait (blocking calls outside the library stall a fiber's loop)\n",
                  client_address.to_string().c_str(), static_cast<double>(ran.count()) / 1e6);
   }
 
@@ -217,6 +220,7 @@ class FiberMixIn : public Base {
     // std::thread that is not joined may not be destroyed.
     for (auto& l : loops_) (void)new loop_thread(std::move(l));
     loops_.clear();
+    (void)watchdog_.release();
     // Nor do the supervisor's fibers: this process has none running.
     running_.prev = running_.next = &running_;
     active_ = 0;
@@ -257,8 +261,9 @@ class FiberMixIn : public Base {
   // The task of the running fiber (fibers switch: read it from the fiber, not a thread-local).
   static task* current_task() noexcept {
     detail::fiber_loop* loop = detail::fiber_loop::current();
-    return loop != nullptr && loop->running() != nullptr ? static_cast<task*>(loop->running()->tag)
-                                                         : nullptr;
+    return loop != nullptr && loop->running() != nullptr
+               ? static_cast<task*>(loop->running()->tag.load(std::memory_order_relaxed))
+               : nullptr;
   }
 
   std::function<void()> fiber_body(task* raw) {
@@ -269,12 +274,12 @@ class FiberMixIn : public Base {
         ~end() { server->finished_one(); }
       } ending{this};
       std::unique_ptr<task> t(raw);
-      loop->running()->tag = raw;
+      loop->set_tag(raw, raw->client_address.data(), raw->client_address.size());
       struct untag {  // first: a stall at the end is reported while the task is there
         detail::fiber_loop* loop;
         ~untag() {
           loop->check_stall();
-          loop->running()->tag = nullptr;
+          loop->set_tag(nullptr);
         }
       } untagging{loop};
       try {
@@ -315,17 +320,37 @@ class FiberMixIn : public Base {
       loop_thread l;
       l.loop = std::make_unique<detail::fiber_loop>(fiber_stack_size);
       l.loop->set_stall_report(threshold, [this](std::chrono::nanoseconds ran, void* tag) {
-        if (tag != nullptr)
-          this->derived().handle_stall(static_cast<task*>(tag)->client_address, ran);
+        if (tag != nullptr) report_stall(static_cast<task*>(tag)->client_address, ran);
       });
       detail::fiber_loop* loop = l.loop.get();
       l.thread = std::thread([loop] { loop->run(); });
       loops_.push_back(std::move(l));
     }
+    if (threshold.count() > 0) {
+      std::vector<detail::fiber_loop*> watched;
+      for (auto& l : loops_) watched.push_back(l.loop.get());
+      watchdog_ = std::make_unique<detail::fiber_stall_watchdog<address>>(
+          std::move(watched), threshold,
+          [](const void* tag) {  // (under the loop's tag lock: the task is alive)
+            return static_cast<const task*>(tag)->client_address;
+          },
+          [this](const address& client, std::chrono::nanoseconds ran) {
+            report_stall(client, ran);
+          });
+    }
+  }
+
+  void report_stall(const address& client, std::chrono::nanoseconds ran) noexcept {
+    try {
+      std::lock_guard<std::mutex> one_at_a_time(stall_mutex_);
+      this->derived().handle_stall(client, ran);
+    } catch (...) {  // a report that fails must not end a loop or the watchdog
+    }
   }
 
   void stop_loops() noexcept {
     std::lock_guard<std::mutex> lock(loops_mutex_);
+    watchdog_.reset();  // first: it looks at the loops
     for (auto& l : loops_) l.loop->stop();
     for (auto& l : loops_)
       if (l.thread.joinable()) l.thread.join();
@@ -494,6 +519,8 @@ class FiberMixIn : public Base {
   std::mutex hooks_mutex_;  // get_request(), verify_request() and service_actions(): one at a time
   mutable std::mutex loops_mutex_;
   std::vector<loop_thread> loops_;
+  std::unique_ptr<detail::fiber_stall_watchdog<address>> watchdog_;
+  std::mutex stall_mutex_;  // handle_stall(): one at a time
   std::atomic<std::size_t> next_loop_{0};
 };
 

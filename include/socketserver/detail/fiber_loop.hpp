@@ -12,21 +12,22 @@
 #include <sys/time.h>    // timeval
 #include <unistd.h>      // dup, close
 
-#include <algorithm>     // std::max, std::min
-#include <atomic>        // std::atomic
-#include <chrono>        // std::chrono::duration_cast
-#include <cstddef>       // std::size_t
-#include <cstdint>       // std::uintptr_t, std::uint64_t
-#include <cstdio>        // std::fprintf
-#include <cstdlib>       // std::abort
-#include <functional>    // std::function
-#include <memory>        // std::unique_ptr
-#include <mutex>         // std::mutex, std::lock_guard
-#include <optional>      // std::optional
-#include <string>        // std::to_string
-#include <system_error>  // std::system_error
-#include <utility>       // std::move, std::swap
-#include <vector>        // std::vector
+#include <algorithm>           // std::max, std::min
+#include <atomic>              // std::atomic
+#include <chrono>              // std::chrono::duration_cast
+#include <condition_variable>  // std::condition_variable (the stall watchdog)
+#include <cstddef>             // std::size_t
+#include <cstdint>             // std::uintptr_t, std::uint64_t
+#include <cstdio>              // std::fprintf
+#include <cstdlib>             // std::abort
+#include <functional>          // std::function
+#include <mutex>               // std::mutex, std::lock_guard
+#include <optional>            // std::optional
+#include <string>              // std::to_string
+#include <system_error>        // std::system_error
+#include <thread>              // std::thread (the stall watchdog)
+#include <utility>             // std::move, std::swap
+#include <vector>              // std::vector
 
 #include "blocking.hpp"  // fiber_waiter, fiber_waiting
 #include "errno.hpp"     // throw_errno, retry_on_eintr
@@ -56,8 +57,11 @@ struct fiber {
   static constexpr std::size_t no_timer = static_cast<std::size_t>(-1);
   std::size_t timer_slot = no_timer;  // index in the loop's timer heap
   clock::time_point deadline{};
-  clock::time_point resumed_at{};  // when the loop last switched to it (stall detection)
-  void* tag = nullptr;             // the spawner's, passed to the stall report
+  // The spawner's (passed to the stall report), and the client it serves (named in a stack
+  // overflow report). Atomic: a stall watchdog reads the running fiber's from its thread.
+  std::atomic<void*> tag{nullptr};
+  const sockaddr* peer = nullptr;
+  socklen_t peer_length = 0;
   const void* hooks_of = nullptr;  // the server whose loop hooks this fiber runs now
   fiber* next = nullptr;           // ready list, free list
 };
@@ -66,9 +70,8 @@ struct fiber {
 /// thread, except post(), stop() and the constructor/destructor.
 class fiber_loop final : public fiber_waiter {
  public:
-  /// Called when a fiber ran without suspending for longer than the stall threshold.
-  /// Called when a fiber ran without suspending for longer than the stall threshold, with
-  /// its tag (see fiber::tag).
+  /// Called (on the loop's thread) when a fiber ran without suspending for longer than the
+  /// stall threshold, with its tag (see fiber::tag).
   using stall_report = std::function<void(std::chrono::nanoseconds ran, void* tag)>;
 
   explicit fiber_loop(std::size_t stack_size) : stacks_(stack_size) {
@@ -141,7 +144,8 @@ class fiber_loop final : public fiber_waiter {
     f->loop = this;
     f->body = std::move(body);
     f->finished = false;
-    f->tag = nullptr;
+    f->tag.store(nullptr, std::memory_order_relaxed);
+    f->peer = nullptr;
     f->hooks_of = nullptr;
     f->next = nullptr;
     ++live_;
@@ -168,17 +172,55 @@ class fiber_loop final : public fiber_waiter {
   /// Reports the running fiber if it has run past the stall threshold since it was resumed.
   /// The loop checks each fiber that switches back to it (on the loop's own stack, so a report
   /// that waits does not disturb the fiber's wait); a fiber checks itself before its tag's
-  /// object goes away.
+  /// object goes away. A stretch is reported once, here or by observe_stall().
   void check_stall() noexcept { check_stall(running_); }
   void check_stall(fiber* f) noexcept {
     if (f == nullptr || stall_threshold_.count() <= 0 || !stall_report_) return;
-    const auto ran = clock::now() - f->resumed_at;
-    if (ran <= stall_threshold_) return;
-    f->resumed_at = clock::now();  // once per stretch
+    const auto ran = clock::now() - resumed_at_;
+    if (ran <= stall_threshold_ || !claim_stall_report(stretch_.load(std::memory_order_relaxed)))
+      return;
     try {
-      stall_report_(std::chrono::duration_cast<std::chrono::nanoseconds>(ran), f->tag);
+      stall_report_(std::chrono::duration_cast<std::chrono::nanoseconds>(ran),
+                    f->tag.load(std::memory_order_relaxed));
     } catch (...) {
     }
+  }
+
+  /// From any thread (a watchdog): when the fiber running now has run past the stall
+  /// threshold and its stretch is not reported yet, claims the report, calls
+  /// `take(tag)` while the tag cannot change (its object stays alive meanwhile: see
+  /// set_tag()), sets `ran`, and returns true. So a fiber that never switches back (an
+  /// endless loop, a raw ::recv() with no data coming) is reported while it runs.
+  template <class Take>
+  bool observe_stall(clock::time_point now, std::chrono::nanoseconds& ran, Take&& take) {
+    if (stall_threshold_.count() <= 0) return false;
+    const auto since = running_since_.load(std::memory_order_acquire);
+    if (since == 0 || now.time_since_epoch().count() - since <= stall_threshold_.count())
+      return false;
+    std::lock_guard<std::mutex> lock(tag_mutex_);
+    const std::uint64_t stretch = stretch_.load(std::memory_order_acquire);
+    fiber* f = watched_.load(std::memory_order_acquire);
+    // Still the stretch that began at `since` (else it ended meanwhile: nothing to say).
+    if (f == nullptr || running_since_.load(std::memory_order_acquire) != since ||
+        stretch_.load(std::memory_order_acquire) != stretch)
+      return false;
+    void* tag = f->tag.load(std::memory_order_acquire);
+    if (tag == nullptr || !claim_stall_report(stretch)) return false;
+    take(tag);
+    ran = std::chrono::nanoseconds(now.time_since_epoch().count() - since);
+    return true;
+  }
+
+  /// Sets the running fiber's tag, and the client it serves (nullptr: none). Clearing it
+  /// waits for an observe_stall() that holds it, so the tag's object may go away after.
+  void set_tag(void* tag, const sockaddr* peer = nullptr, socklen_t peer_length = 0) noexcept {
+    fiber* f = running_;
+    if (f == nullptr) return;
+    f->peer = peer;
+    f->peer_length = peer_length;
+    set_running_fiber(&f->stack, peer, peer_length);
+    std::lock_guard<std::mutex> lock(tag_mutex_);
+    f->tag.store(tag, std::memory_order_release);
   }
 
   /// Marks the running fiber as running `server`'s loop hooks (nullptr: no longer): a
@@ -414,6 +456,11 @@ class fiber_loop final : public fiber_waiter {
     }
   }
 
+  // True for the first of the loop and a watchdog to claim a stretch's report.
+  bool claim_stall_report(std::uint64_t stretch) noexcept {
+    return reported_stretch_.exchange(stretch, std::memory_order_acq_rel) != stretch;
+  }
+
   static void fiber_main(void* arg) {
     fiber* f = static_cast<fiber*>(arg);
     try {
@@ -428,7 +475,6 @@ class fiber_loop final : public fiber_waiter {
                    describe_current_exception().c_str());
     }
     f->body = nullptr;
-    f->tag = nullptr;
     f->finished = true;
     fiber_context::exit_to(*f->context, f->loop->loop_context_);
   }
@@ -462,12 +508,19 @@ class fiber_loop final : public fiber_waiter {
   void resume(fiber* f) {
     running_ = f;
     fiber_waiting = this;
-    set_running_fiber(&f->stack, nullptr);
-    if (stall_threshold_.count() > 0) f->resumed_at = clock::now();
+    set_running_fiber(&f->stack, f->peer, f->peer_length);
+    const bool watching = stall_threshold_.count() > 0;
+    if (watching) {  // (the loop's thread is the only writer)
+      resumed_at_ = clock::now();
+      stretch_.store(stretch_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+      watched_.store(f, std::memory_order_relaxed);
+      running_since_.store(resumed_at_.time_since_epoch().count(), std::memory_order_release);
+    }
     fiber_context::switch_to(loop_context_, *f->context);
+    if (watching) running_since_.store(0, std::memory_order_release);
     fiber_waiting = nullptr;
     running_ = nullptr;
-    set_running_fiber(nullptr, nullptr);
+    set_running_fiber(nullptr, nullptr, 0);
     if (f->finished)
       recycle(f);
     else
@@ -617,6 +670,14 @@ class fiber_loop final : public fiber_waiter {
   std::vector<fd_state> fds_;
   std::chrono::nanoseconds stall_threshold_{0};
   stall_report stall_report_;
+  // Stall watching (when a threshold is set): the running fiber's stretch, for
+  // observe_stall() on other threads. running_since_ is 0 while the loop itself runs.
+  clock::time_point resumed_at_{};
+  std::atomic<std::uint64_t> stretch_{0};
+  std::atomic<std::uint64_t> reported_stretch_{0};
+  std::atomic<fiber*> watched_{nullptr};
+  std::atomic<clock::rep> running_since_{0};
+  std::mutex tag_mutex_;
   std::atomic<bool> stopping_{false};
   std::mutex posted_mutex_;
   std::vector<std::function<void()>> posted_;
@@ -624,6 +685,65 @@ class fiber_loop final : public fiber_waiter {
   wakeup posted_wakeup_;
   bool posted_signalled_ = false;  // the poller saw posted_wakeup_ readable
   fiber_poller poller_;
+};
+
+/// A thread that looks at some loops every threshold / 2 for a fiber that has been running
+/// past the stall threshold (fiber_loop::observe_stall()), and reports it while it lasts:
+/// such a fiber may never switch back for its loop to see it (an endless loop, a raw
+/// ::recv() that nothing answers). `take` copies a Label from the fiber's tag (under the
+/// loop's tag lock); `report` gets it outside the lock.
+template <class Label>
+class fiber_stall_watchdog {
+ public:
+  using take_label = std::function<Label(const void* tag)>;
+  using stall_report = std::function<void(const Label&, std::chrono::nanoseconds ran)>;
+
+  fiber_stall_watchdog(std::vector<fiber_loop*> loops, std::chrono::nanoseconds threshold,
+                       take_label take, stall_report report)
+      : loops_(std::move(loops)),
+        period_(std::max<std::chrono::nanoseconds>(threshold / 2, std::chrono::milliseconds(1))),
+        take_(std::move(take)),
+        report_(std::move(report)),
+        thread_([this] { run(); }) {}
+  fiber_stall_watchdog(const fiber_stall_watchdog&) = delete;
+  fiber_stall_watchdog& operator=(const fiber_stall_watchdog&) = delete;
+  ~fiber_stall_watchdog() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stopping_ = true;
+    }
+    stopped_.notify_all();
+    thread_.join();
+  }
+
+ private:
+  void run() noexcept {
+    std::unique_lock<std::mutex> lock(mutex_);
+    while (!stopped_.wait_for(lock, period_, [&] { return stopping_; })) {
+      lock.unlock();
+      for (fiber_loop* loop : loops_) look_at(*loop);
+      lock.lock();
+    }
+  }
+
+  void look_at(fiber_loop& loop) noexcept {
+    try {
+      std::optional<Label> label;
+      std::chrono::nanoseconds ran{};
+      if (loop.observe_stall(clock::now(), ran, [&](const void* tag) { label = take_(tag); }))
+        report_(*label, ran);
+    } catch (...) {  // no memory for the label: this look says nothing
+    }
+  }
+
+  std::vector<fiber_loop*> loops_;
+  std::chrono::nanoseconds period_;
+  take_label take_;
+  stall_report report_;
+  std::mutex mutex_;
+  std::condition_variable stopped_;
+  bool stopping_ = false;
+  std::thread thread_;  // last: it starts once the rest is built
 };
 
 }  // namespace detail
