@@ -50,6 +50,10 @@ namespace socketserver {
 /// - stall_threshold (100 ms; 0: off): see handle_stall().
 /// - block_on_close (true): server_close() waits for the fibers still running.
 ///
+/// The hooks around accepting (get_request(), verify_request(), service_actions()) run one
+/// at a time, as on the other servers, on the loop that accepts: a hook that waits (through
+/// the library or not) keeps the other loops from accepting meanwhile, so keep them short.
+///
 /// shutdown() stops accepting at once; the requests in flight go on until server_close()
 /// (which waits for them when block_on_close) or drain(). The destructor never lets a fiber
 /// outlive the server: it shuts down their connections and waits.
