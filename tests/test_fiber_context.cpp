@@ -607,9 +607,10 @@ TEST_CASE("a fiber stack overflow is reported as one, and the process dies of SI
   close(pipe_fds[0]);
   int status = 0;
   REQUIRE(waitpid(child, &status, 0) == child);
-  CHECK(output ==
-        "socketserver: fiber stack overflow (fiber_stack_size is 65536 bytes; raise it) "
-        "in the handler for 127.0.0.1:40000\n");
+  // (Under qemu-user, qemu's own line about the signal follows.)
+  CHECK(output.rfind("socketserver: fiber stack overflow (fiber_stack_size is 65536 bytes; "
+                     "raise it) in the handler for 127.0.0.1:40000\n",
+                     0) == 0);
   REQUIRE(WIFSIGNALED(status));
   CHECK(WTERMSIG(status) == SIGSEGV);
 }

@@ -12,9 +12,17 @@
 #include <cstdint>       // std::uintptr_t
 #include <cstdlib>       // std::abort
 #include <system_error>  // std::system_error, std::system_category
-#if defined(__GLIBCXX__) || defined(_LIBCPPABI_VERSION) || defined(__APPLE__)
-#  include <cxxabi.h>  // abi::__cxa_get_globals
+// The C++ runtimes under libstdc++ (libsupc++) and libc++ (libc++abi, libcxxrt, or libsupc++)
+// all keep a thread's exception state in a __cxa_eh_globals that begins as exception_state
+// below, returned by the C function __cxa_get_globals(). Not every <cxxabi.h> declares it
+// (libc++abi's does not), and those that do disagree on its type: it is declared here under
+// a name of our own, bound to the runtime's symbol.
+#if defined(__GLIBCXX__) || defined(_LIBCPP_VERSION)
 #  define SOCKETSERVER_DETAIL_FIBER_EH_GLOBALS 1
+#  define SOCKETSERVER_DETAIL_STRING(x) #  x
+#  define SOCKETSERVER_DETAIL_SYMBOL(prefix, name) SOCKETSERVER_DETAIL_STRING(prefix) name
+extern "C" void* socketserver_detail_cxa_get_globals() noexcept
+    __asm__(SOCKETSERVER_DETAIL_SYMBOL(__USER_LABEL_PREFIX__, "__cxa_get_globals"));
 #endif
 
 #include "fiber_overflow.hpp"
@@ -298,10 +306,12 @@ class fiber_context {
   __attribute__((always_inline)) static void leave(fiber_context& from, fiber_context& to,
                                                    void** fake_stack_save) noexcept {
 #if defined(SOCKETSERVER_DETAIL_FIBER_EH_GLOBALS)
-    auto* now = reinterpret_cast<exception_state*>(abi::__cxa_get_globals());
+    auto* now = static_cast<exception_state*>(socketserver_detail_cxa_get_globals());
     from.exceptions_ = *now;
     *now = to.exceptions_;
 #endif
+    static_cast<void>(from);
+    static_cast<void>(to);
 #if defined(SOCKETSERVER_DETAIL_ASAN)
     to.resumed_from_ = &from;
     __sanitizer_start_switch_fiber(fake_stack_save, to.stack_bottom_, to.stack_size_);
