@@ -68,8 +68,12 @@ class address {
                                    (abstract || path.empty() ? 0 : 1));
     std::memcpy(&storage_, &un, sizeof un);
   }
+  ///@{
+  /// A Unix socket path, as address(std::string_view).
+  /// @throws std::system_error (ENAMETOOLONG) if the path does not fit in sockaddr_un.
   address(const char* path) : address(std::string_view(path)) {}         // NOLINT: implicit
   address(const std::string& path) : address(std::string_view(path)) {}  // NOLINT: implicit
+  ///@}
 
   /// Copies a native address, as filled in by accept(), recvfrom() or getsockname().
   static address from_native(const sockaddr* sa, socklen_t size) noexcept {
@@ -84,6 +88,7 @@ class address {
   int family() const noexcept { return storage_.ss_family; }
   /// True for a host name that has not been resolved yet.
   bool is_unresolved() const noexcept { return family() == AF_UNSPEC && !name_.empty(); }
+  /// True for the empty address (Python's `None` where an address is optional).
   bool empty() const noexcept { return family() == AF_UNSPEC && name_.empty() && name_port_ == 0; }
 
   /// The numeric host ("127.0.0.1", "::1"), or the name given if not resolved; "" for Unix.
@@ -146,12 +151,16 @@ class address {
     }
   }
 
-  /// The native form, valid for a resolved address.
+  ///@{
+  /// The native form, valid for a resolved address (for bind(), connect(), sendto()).
   const sockaddr* data() const noexcept { return reinterpret_cast<const sockaddr*>(&storage_); }
   sockaddr* data() noexcept { return reinterpret_cast<sockaddr*>(&storage_); }
+  ///@}
+  /// The length of the native form in bytes.
   socklen_t size() const noexcept { return size_; }
   /// Room for accept()/recvfrom() to write a native address; then call resize().
   static constexpr socklen_t capacity() noexcept { return sizeof(sockaddr_storage); }
+  /// Sets the length of the native form, after accept()/recvfrom() wrote it at data().
   void resize(socklen_t size) noexcept { size_ = size < capacity() ? size : capacity(); }
 
   /// Tuple-like access: get<0>() is host(), get<1>() is port().
@@ -164,10 +173,12 @@ class address {
       return port();
   }
 
+  /// Equal when the same native address, or the same unresolved name and port.
   friend bool operator==(const address& a, const address& b) noexcept {
     return a.size_ == b.size_ && a.name_ == b.name_ && a.name_port_ == b.name_port_ &&
            std::memcmp(&a.storage_, &b.storage_, a.size_) == 0;
   }
+  /// Not equal.
   friend bool operator!=(const address& a, const address& b) noexcept { return !(a == b); }
 
  private:

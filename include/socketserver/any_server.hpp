@@ -31,17 +31,20 @@ class any_server {
   any_server(const any_server&) = delete;
   any_server& operator=(const any_server&) = delete;
 
-  /// The server's socket (listening for stream servers, receiving for datagram servers).
+  /// Python's BaseServer.socket: the server's socket (listening for stream servers,
+  /// receiving for datagram servers).
   socketserver::socket socket;
 
-  /// How long handle_request() waits for a request before calling handle_timeout();
+  /// Python's BaseServer.timeout: how long handle_request() waits for a request before
+  /// calling handle_timeout();
   /// std::nullopt (the default) waits forever. serve_forever() ignores it.
   timeout_type timeout;
 
-  /// The server socket's descriptor, -1 once closed.
+  /// Python's BaseServer.fileno(): the server socket's descriptor, -1 once closed.
   int fileno() const noexcept { return socket.fileno(); }
 
-  /// Tells the serve_forever() loop to stop and waits until it has. The loop wakes at once,
+  /// Python's BaseServer.shutdown(): tells the serve_forever() loop to stop and waits until
+  /// it has. The loop wakes at once,
   /// not after its poll interval. If no loop is running, the next serve_forever() call returns
   /// as soon as it starts; before the first loop this waits for it (so
   /// `std::thread t([&]{ s.serve_forever(); }); s.shutdown();` never races), after one it
@@ -117,6 +120,7 @@ class any_server {
   any_server() = default;
   ~any_server() = default;
 
+  /// @cond INTERNAL
   // serve_forever() runs its loop inside this scope: `auto serving = begin_serving();`.
   class serving_scope {
    public:
@@ -128,6 +132,9 @@ class any_server {
    private:
     any_server& server_;
   };
+  /// @endcond
+  /// Marks the server as serving until the returned scope ends (what serve_forever() does
+  /// first; a mix-in with a serve loop of its own does it too).
   /// @throws std::logic_error if another thread is serving already.
   [[nodiscard]] serving_scope begin_serving() {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -136,10 +143,13 @@ class any_server {
     serving_thread_ = std::this_thread::get_id();
     return serving_scope(*this);
   }
+  /// True once shutdown() has been called and the loop has not ended yet: a serve loop of a
+  /// mix-in's own checks it between requests.
   bool shutdown_requested() const noexcept {
     return shutdown_request_.load(std::memory_order_acquire);
   }
 
+  /// @cond INTERNAL
   // The counters behind stats(); the server layers count what they see.
   struct counters {
     std::atomic<std::uint64_t> accepted{0}, rejected{0}, completed{0}, errors{0}, disconnects{0},
@@ -194,6 +204,7 @@ class any_server {
     }
     return pid;
   }
+  /// @endcond
 
  private:
   void end_serving() noexcept {

@@ -71,17 +71,26 @@ struct has_nothrow_get_request<
 template <class Derived, class Handler, class Request>
 class BaseServer : public any_server {
  public:
+  /// Python's BaseServer.RequestHandlerClass: the handler class, built for each request.
   using RequestHandlerClass = Handler;
+  /// The request type: `socket` (stream servers) or `datagram`.
   using request_type = Request;
 
-  /// The address the server is bound to: after server_bind(), the real one (port 0 becomes
-  /// the port the kernel picked).
+  /// Python's BaseServer.server_address: the address the server is bound to: after server_bind(),
+  /// the real one (port 0 becomes the port the kernel picked).
   address server_address;
 
+  /// Python's `BaseServer(server_address, RequestHandlerClass)`: stores the address; makes
+  /// no socket (basic_tcp_server does).
   explicit BaseServer(address addr) : server_address(std::move(addr)) {}
 
-  /// Handles one request at a time until shutdown(). Polls for requests (and for shutdown's
-  /// wake-up) and calls service_actions() at least every poll_interval.
+  /// Python's BaseServer.serve_forever(poll_interval=0.5): handles one request at a time
+  /// until shutdown(). Polls for requests (and for shutdown's wake-up, which ends the wait at
+  /// once) and calls service_actions() at least every poll_interval. Ignores `timeout`.
+  /// @code
+  /// socketserver::TCPServer<MyTCPHandler> server({"localhost", 9999});
+  /// server.serve_forever();  // until shutdown() from another thread, or a signal
+  /// @endcode
   /// @throws std::system_error if the server socket is closed (EBADF);
   ///         std::logic_error if another thread is already serving.
   void serve_forever(
@@ -109,6 +118,7 @@ class BaseServer : public any_server {
   ///   end_hooks_turn()           (get_request() with verify_request(), service_actions())
   ///   keep_looping_when_idle()   a request was looked for and none found: false ends this
   ///                              thread's loop (a pool leader stepping down)
+  /// @cond INTERNAL
   struct one_loop {
     BaseServer& server;
     bool keep_going() const noexcept { return !server.shutdown_requested(); }
@@ -118,6 +128,7 @@ class BaseServer : public any_server {
     void end_hooks_turn() noexcept {}
     bool keep_looping_when_idle() noexcept { return true; }
   };
+  /// @endcond
 
   /// serve_forever()'s loop, run while policy.keep_going() (see one_loop). A thread taking
   /// over the loop of a socket that is non-blocking already looks for a request before it
@@ -188,8 +199,8 @@ class BaseServer : public any_server {
   }
 
  public:
-  /// Handles one request, waiting at most `timeout` (or the socket's own timeout, whichever
-  /// is shorter); calls handle_timeout() if none came.
+  /// Python's BaseServer.handle_request(): handles one request, waiting at most `timeout` (or the
+  /// socket's own timeout, whichever is shorter); calls handle_timeout() if none came.
   void handle_request() {
     timeout_type wait = this->socket.gettimeout();
     if (!wait)
@@ -244,7 +255,8 @@ class BaseServer : public any_server {
 
   // --- Hooks: each may be overridden in Derived. -------------------------------------------
 
-  /// Called by the constructor to activate the server. May be overridden.
+  /// Python's BaseServer.server_activate(): called by the constructor to activate the
+  /// server. May be overridden.
   void server_activate() {}
 
   /// Called in a new prefork worker (PreforkMixIn) before it serves, to replace what must
@@ -253,16 +265,20 @@ class BaseServer : public any_server {
   /// calls its base's.
   void after_fork_in_child() {}
 
-  /// Called by serve_forever() on every loop iteration. May be overridden.
+  /// Python's BaseServer.service_actions(): called by serve_forever() on every loop
+  /// iteration. May be overridden.
   void service_actions() {}
 
-  /// Called when handle_request() times out. May be overridden.
+  /// Python's BaseServer.handle_timeout(): called when handle_request() times out. May be
+  /// overridden.
   void handle_timeout() {}
 
-  /// Returns true to process the request, false to close it unanswered. May be overridden.
+  /// Python's BaseServer.verify_request(): returns true to process the request, false to
+  /// close it unanswered (access control). May be overridden.
   bool verify_request(Request& /*request*/, const address& /*client_address*/) { return true; }
 
-  /// Calls finish_request() then shutdown_request(). Overridden by the mix-ins.
+  /// Python's BaseServer.process_request(): calls finish_request() then shutdown_request().
+  /// Overridden by the mix-ins, which start a thread, a child or a fiber here.
   void process_request(Request& request, const address& client_address) {
     try {
       derived().finish_request(request, client_address);
@@ -274,26 +290,30 @@ class BaseServer : public any_server {
     count_completed(false);
   }
 
-  /// Finishes one request by running the RequestHandlerClass on it.
+  /// Python's BaseServer.finish_request(): finishes one request by running the
+  /// RequestHandlerClass on it (setup(), handle(), finish()).
   void finish_request(Request& request, const address& client_address) {
     detail::run_handler<Handler>(request, client_address, derived());
   }
 
-  /// Called to shut down and close an individual request. May be overridden.
+  /// Python's BaseServer.shutdown_request(): called to shut down and close an individual
+  /// request. May be overridden.
   void shutdown_request(Request& request) { derived().close_request(request); }
 
-  /// Called to clean up an individual request. May be overridden.
+  /// Python's BaseServer.close_request(): called to clean up an individual request. May be
+  /// overridden.
   void close_request(Request& /*request*/) {}
 
-  /// Called to clean up the server. May be overridden.
+  /// Python's BaseServer.server_close(): called to clean up the server (the destructor calls
+  /// it, as Python's `with` block does). May be overridden.
   void server_close() {}
 
-  /// Handles an exception thrown while processing a request (called from inside the catch
-  /// block, so `throw;` rethrows it). The default prints the exception and the client's
-  /// address to stderr; serving continues. Unlike CPython's, it stays quiet when the peer went
-  /// away (an error Python raises as ConnectionError: ECONNRESET, EPIPE, ...) or the request
-  /// timed out (ETIMEDOUT): those are counted in stats().disconnects and stats().timeouts, not
-  /// in errors. An override is called for every one. May be overridden.
+  /// Python's BaseServer.handle_error(): handles an exception thrown while processing a
+  /// request (called from inside the catch block, so `throw;` rethrows it). The default prints the
+  /// exception and the client's address to stderr; serving continues. Unlike CPython's, it stays
+  /// quiet when the peer went away (an error Python raises as ConnectionError: ECONNRESET, EPIPE,
+  /// ...) or the request timed out (ETIMEDOUT): those are counted in stats().disconnects and
+  /// stats().timeouts, not in errors. An override is called for every one. May be overridden.
   void handle_error(Request& /*request*/, const address& client_address) {
     if (detail::outcome_of_current_exception() != detail::request_outcome::failed) return;
     const std::string dashes(40, '-');
@@ -315,6 +335,7 @@ class BaseServer : public any_server {
   }
 
  protected:
+  /// This server as its most derived class, through which every hook is called (CRTP).
   Derived& derived() noexcept { return static_cast<Derived&>(*this); }
 
   /// finish_request(), with an exception routed to handle_error() (called inside the catch

@@ -183,6 +183,7 @@ class fiber_mutex {
   fiber_mutex(const fiber_mutex&) = delete;
   fiber_mutex& operator=(const fiber_mutex&) = delete;
 
+  /// Takes the lock, waiting for it in turn: a fiber suspends, a thread blocks.
   void lock() {
     std::unique_lock<std::mutex> guard(mutex_);
     if (!locked_) {
@@ -201,6 +202,7 @@ class fiber_mutex {
       loop->park_until(detail::clock::time_point::max());
   }
 
+  /// Takes the lock if it is free; returns whether it did. Never waits.
   bool try_lock() {
     std::lock_guard<std::mutex> guard(mutex_);
     if (locked_) return false;

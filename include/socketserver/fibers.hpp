@@ -35,7 +35,7 @@ namespace socketserver {
 /// few threads hold many long-lived connections, with the handler code of a
 /// ThreadingMixIn server. Compose it over a server: `FiberMixIn<basic_tcp_server<H, D>>`.
 ///
-/// The rule: a handler that blocks outside the library (a long computation, a raw ::recv(),
+/// The rule: a handler that blocks outside the library (a long computation, a raw recv(2),
 /// a blocking client library, std::this_thread::sleep_for) stalls every fiber of its loop.
 /// Such a stretch longer than stall_threshold is reported through handle_stall(), while it
 /// lasts (a watchdog thread looks every stall_threshold / 2) or when it ends.
@@ -60,11 +60,16 @@ namespace socketserver {
 template <class Base>
 class FiberMixIn : public Base {
  public:
+  /// The request type of the server below: `socket` or `datagram`.
   using request_type = typename Base::request_type;
 
+  /// Event-loop threads; 0 is one per core.
   std::size_t loop_threads = 0;
+  /// Each fiber's stack in bytes (256 KiB), with a guard page below it.
   std::size_t fiber_stack_size = 256 * 1024;
+  /// A fiber that runs this long without waiting is reported (handle_stall()); 0 is off.
   std::chrono::duration<double> stall_threshold = std::chrono::milliseconds(100);
+  /// As ThreadingMixIn's: server_close() waits for the fibers still running (true).
   bool block_on_close = true;
 
   using Base::Base;

@@ -56,12 +56,20 @@ namespace socketserver {
 template <class Base>
 class ForkingMixIn : public Base {
  public:
+  /// The request type of the server below: `socket` or `datagram`.
   using request_type = typename Base::request_type;
 
+  /// Python's ForkingMixIn.max_children: at most this many children at once (40); unlike
+  /// CPython's, enforced before each fork.
   std::size_t max_children = 40;
+  /// Python's ForkingMixIn.block_on_close: server_close() waits for the children (true).
   bool block_on_close = true;
+  /// Python's ForkingMixIn.active_children: the pids of the running children.
   std::set<pid_t> active_children;
 
+  /// The server's constructor (see basic_tcp_server), with `timeout` set to 300 s as
+  /// Python's ForkingMixIn.timeout, so handle_request() reaps children when idle.
+  /// @throws std::system_error as the server's constructor.
   explicit ForkingMixIn(address addr, strict_bool bind_and_activate = true)
       : Base(std::move(addr), bind_and_activate) {
     this->timeout = std::chrono::seconds(300);

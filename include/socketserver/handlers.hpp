@@ -142,25 +142,46 @@ void run_handler(Request& request, const address& client_address, Server& server
 /// `Request` is `socket` (the connection) for stream servers and `datagram` for datagram
 /// servers. `Server` is the server class whose members handle() may use through `server`;
 /// void (the default) types `server` as any_server, which every server is.
+///
+/// Python's BaseRequestHandler: `handle()` is not declared here, so a handler without one
+/// fails to compile with a readable message instead of serving nothing. An exception that
+/// leaves handle() goes to the server's handle_error(), and serving continues.
+///
+/// The Python docs' TCP handler:
+/// @code
+/// struct MyTCPHandler : socketserver::BaseRequestHandler<> {
+///   void handle() {
+///     std::string data = request.recv(1024);  // self.request.recv(1024).strip()
+///     std::printf("Received from %s:\n%s\n", client_address.host().c_str(), data.c_str());
+///     for (char& c : data) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+///     request.sendall(data);
+///   }
+/// };
+/// @endcode
 template <class Request = socket, class Server = void>
 class BaseRequestHandler {
  public:
+  /// The request type: `socket` (stream servers) or `datagram`.
   using request_type = Request;
+  /// The type of `server`: `Server`, or any_server when `Server` is void.
   using server_type = std::conditional_t<std::is_void_v<Server>, any_server, Server>;
 
-  /// The request: the connected socket, or the datagram and the server's socket.
+  /// Python's BaseRequestHandler.request: the connected socket, or the datagram and the
+  /// server's socket (Python's `(data, socket)` pair).
   Request& request;
-  /// The client's address (for Unix stream clients usually unnamed).
+  /// Python's BaseRequestHandler.client_address: the client's address (for Unix stream
+  /// clients usually unnamed).
   const address& client_address;
-  /// The server that received the request.
+  /// Python's BaseRequestHandler.server: the server that received the request.
   server_type& server;
 
   BaseRequestHandler(const BaseRequestHandler&) = delete;
   BaseRequestHandler& operator=(const BaseRequestHandler&) = delete;
 
-  /// Called before handle(). The default does nothing.
+  /// Python's BaseRequestHandler.setup(): called before handle(). The default does nothing.
   void setup() {}
-  /// Called after handle(), even if it threw. The default does nothing.
+  /// Python's BaseRequestHandler.finish(): called after handle(), even if it threw (not if
+  /// setup() threw). The default does nothing.
   void finish() {}
 
  protected:
@@ -184,24 +205,44 @@ class BaseRequestHandler {
 ///   disable_nagle_algorithm (TCP_NODELAY),
 ///   max_line_length (65536: the longest line rfile.readline() returns without an explicit
 ///   limit, so an endless line cannot exhaust memory; 0: no bound).
+///
+/// The Python docs' second TCP handler:
+/// @code
+/// struct MyTCPHandler : socketserver::StreamRequestHandler<> {
+///   void handle() {
+///     std::string data = rfile.readline();  // self.rfile.readline().strip()
+///     for (char& c : data) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+///     wfile.write(data);
+///   }
+/// };
+/// @endcode
 template <class Server = void>
 class StreamRequestHandler : public BaseRequestHandler<socket, Server>,
                              private detail::stream_handler_tag {
  public:
+  /// Python's StreamRequestHandler.rbufsize: -1 buffers rfile (8192 bytes), 0 does not.
   static constexpr std::ptrdiff_t rbufsize = -1;
+  /// Python's StreamRequestHandler.wbufsize: 0 sends each write at once; more buffers them
+  /// until flush() or finish().
   static constexpr std::ptrdiff_t wbufsize = 0;
+  /// Python's StreamRequestHandler.timeout: the connection's socket timeout, and the limit
+  /// on each whole rfile read; none by default.
   static constexpr timeout_type timeout{};
+  /// Python's StreamRequestHandler.disable_nagle_algorithm: set TCP_NODELAY (false).
   static constexpr bool disable_nagle_algorithm = false;
+  /// The longest line rfile.readline() returns without an explicit limit (65536; 0: no
+  /// bound; beyond Python, where a line may grow without end).
   static constexpr std::size_t max_line_length = 65536;
 
-  /// The connected socket (the same as request).
+  /// Python's StreamRequestHandler.connection: the connected socket (the same as request).
   socketserver::socket& connection;
-  /// Reads from the connection.
+  /// Python's StreamRequestHandler.rfile: reads from the connection.
   reader rfile;
-  /// Writes to the connection.
+  /// Python's StreamRequestHandler.wfile: writes to the connection.
   writer wfile;
 
-  /// Applies timeout and disable_nagle_algorithm, and creates rfile and wfile.
+  /// Python's StreamRequestHandler.setup(): applies timeout and disable_nagle_algorithm,
+  /// and creates rfile and wfile.
   void setup() {
     if (options_.timeout) connection.settimeout(options_.timeout);
     if (options_.disable_nagle_algorithm) {
@@ -220,7 +261,8 @@ class StreamRequestHandler : public BaseRequestHandler<socket, Server>,
     wfile = writer(connection, options_.wbufsize, options_.timeout, drain);
   }
 
-  /// Flushes wfile (a peer that has gone away is not an error here) and closes both files.
+  /// Python's StreamRequestHandler.finish(): flushes wfile (a peer that has gone away is not
+  /// an error here) and closes both files.
   void finish() {
     try {
       wfile.close();  // sends what is buffered
@@ -248,20 +290,24 @@ class StreamRequestHandler : public BaseRequestHandler<socket, Server>,
 template <class Server = void>
 class DatagramRequestHandler : public BaseRequestHandler<datagram, Server> {
  public:
-  /// The received packet.
+  /// Python's DatagramRequestHandler.packet: the received packet.
   const std::string& packet;
-  /// The server's socket.
+  /// Python's DatagramRequestHandler.socket: the server's socket.
   socket_view socket;
-  /// Reads the packet.
+  /// Python's DatagramRequestHandler.rfile: reads the packet.
   reader rfile;
-  /// Collects the reply.
+  /// Python's DatagramRequestHandler.wfile: collects the reply.
   writer wfile;
 
+  /// Python's DatagramRequestHandler.setup(): makes rfile over the packet and an empty wfile.
   void setup() {
     rfile = reader(packet);
     wfile = writer();
   }
 
+  /// Python's DatagramRequestHandler.finish(): sends what handle() wrote to wfile back to
+  /// the client as one datagram.
+  /// @throws std::system_error if sendto() fails.
   void finish() { socket.sendto(wfile.getvalue(), this->client_address); }
 
  protected:

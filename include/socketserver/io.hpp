@@ -34,6 +34,7 @@ namespace socketserver {
 /// socket has a timeout); end of stream is not an error: reads return what there was.
 class reader {
  public:
+  /// The buffer size of a buffered reader (Python's io.DEFAULT_BUFFER_SIZE).
   static constexpr std::size_t default_buffer_size = 8192;
 
   /// A closed reader.
@@ -137,30 +138,46 @@ class reader {
   /// Iterates over lines until end of stream: `for (const auto& line : rfile)`.
   class iterator {
    public:
+    ///@{
+    /// Iterator traits: an input iterator over lines (std::string).
     using iterator_category = std::input_iterator_tag;
     using value_type = std::string;
     using difference_type = std::ptrdiff_t;
     using pointer = const std::string*;
     using reference = const std::string&;
+    ///@}
 
+    /// The end of the lines.
     iterator() = default;
+    /// The first line of `r` (read now).
+    /// @throws std::system_error as reader::readline().
     explicit iterator(reader* r) : reader_(r) { ++*this; }
+    /// The current line, with its newline (the last line of the stream may have none).
     reference operator*() const { return line_; }
+    /// The current line.
     pointer operator->() const { return &line_; }
+    /// Reads the next line; at end of stream the iterator becomes end().
+    /// @throws std::system_error as reader::readline().
     iterator& operator++() {
       line_ = reader_->readline();
       if (line_.empty()) reader_ = nullptr;
       return *this;
     }
+    /// Reads the next line (as the prefix form; the old line is not kept).
     void operator++(int) { ++*this; }
+    /// Equal when both are at the end, or both read the same reader.
     friend bool operator==(const iterator& a, const iterator& b) { return a.reader_ == b.reader_; }
+    /// Not equal.
     friend bool operator!=(const iterator& a, const iterator& b) { return !(a == b); }
 
    private:
     reader* reader_ = nullptr;
     std::string line_;
   };
+  /// The first line (Python iterates over rfile line by line the same way).
+  /// @throws std::system_error as readline().
   iterator begin() { return iterator(this); }
+  /// The end of the lines.
   iterator end() { return iterator(); }
 
   /// The connection's descriptor (Python's rfile.fileno()), e.g. for poll() or
@@ -176,7 +193,9 @@ class reader {
 
   /// Bytes buffered and not yet returned.
   std::size_t buffered() const noexcept { return end_ - begin_; }
+  /// Python's close(): further reads throw std::logic_error (the socket stays open).
   void close() noexcept { closed_ = true; }
+  /// Python's `closed` attribute.
   bool closed() const noexcept { return closed_; }
 
  private:
@@ -458,6 +477,7 @@ class writer {
     closed_ = true;
     send_buffered();
   }
+  /// Python's `closed` attribute.
   bool closed() const noexcept { return closed_; }
 
  private:

@@ -32,39 +32,47 @@ using timeout_type = detail::optional_seconds;
 /// settimeout() raises one with std::errc::timed_out.
 class socket_view {
  public:
+  /// A view of no socket (fileno() is -1).
   socket_view() noexcept = default;
+  /// A view of `fd`, which stays owned by someone else.
   explicit socket_view(int fd) noexcept : fd_(fd) {}
 
   /// The file descriptor, or -1.
   int fileno() const noexcept { return fd_; }
+  /// True if it refers to a descriptor (fileno() >= 0).
   bool is_open() const noexcept { return fd_ >= 0; }
 
-  /// Receives up to n bytes into buf; returns 0 at end of stream.
+  /// Receives up to n bytes into buf; returns 0 at end of stream (Python's recv_into()).
+  /// @throws std::system_error if recv() fails (std::errc::timed_out after settimeout()).
   std::size_t recv(void* buf, std::size_t n, int flags = 0) const {
     std::error_code ec;
     std::size_t got = recv(buf, n, flags, ec);
     if (ec) detail::throw_error(ec, "recv");
     return got;
   }
+  /// The same without exceptions: on failure `ec` is set and 0 returned.
   std::size_t recv(void* buf, std::size_t n, int flags, std::error_code& ec) const noexcept {
     ssize_t got =
         detail::blocking_io(fd_, POLLIN, flags, [&](int f) { return ::recv(fd_, buf, n, f); });
     return finish_io(got, flags, ec);
   }
   /// Receives up to bufsize bytes, as Python's recv(): an empty string means end of stream.
+  /// @throws std::system_error if recv() fails (std::errc::timed_out after settimeout()).
   std::string recv(std::size_t bufsize, int flags = 0) const {
     std::string data(bufsize, '\0');
     data.resize(recv(data.data(), bufsize, flags));
     return data;
   }
 
-  /// Sends what the kernel takes now; returns how much that was.
+  /// Python's send(): sends what the kernel takes now; returns how much that was.
+  /// @throws std::system_error if send() fails (e.g. EPIPE when the peer has gone).
   std::size_t send(std::string_view data, int flags = 0) const {
     std::error_code ec;
     std::size_t sent = send(data, flags, ec);
     if (ec) detail::throw_error(ec, "send");
     return sent;
   }
+  /// The same without exceptions: on failure `ec` is set and 0 returned.
   std::size_t send(std::string_view data, int flags, std::error_code& ec) const noexcept {
     ssize_t sent = detail::blocking_io(fd_, POLLOUT, flags, [&](int f) {
       return ::send(fd_, data.data(), data.size(), f | MSG_NOSIGNAL);
@@ -72,12 +80,14 @@ class socket_view {
     return finish_io(sent, flags, ec);
   }
 
-  /// Sends all of data, however many send() calls it takes.
+  /// Python's sendall(): sends all of data, however many send() calls it takes.
+  /// @throws std::system_error if a send() fails.
   void sendall(std::string_view data, int flags = 0) const {
     std::error_code ec;
     sendall(data, flags, ec);
     if (ec) detail::throw_error(ec, "sendall");
   }
+  /// The same without exceptions: on failure `ec` is set (some of data may have been sent).
   void sendall(std::string_view data, int flags, std::error_code& ec) const noexcept {
     ec.clear();
     while (!data.empty()) {
@@ -87,7 +97,8 @@ class socket_view {
     }
   }
 
-  /// Sends one datagram to `to`; returns the bytes sent.
+  /// Python's sendto(): sends one datagram to `to`; returns the bytes sent.
+  /// @throws std::system_error naming the address if sendto() fails.
   std::size_t sendto(std::string_view data, const address& to, int flags = 0) const {
     ssize_t sent = detail::blocking_io(fd_, POLLOUT, flags, [&](int f) {
       return ::sendto(fd_, data.data(), data.size(), f | MSG_NOSIGNAL, to.data(), to.size());
@@ -98,7 +109,9 @@ class socket_view {
     return n;
   }
 
-  /// Receives one datagram of at most bufsize bytes and its sender's address.
+  /// Python's recvfrom(): receives one datagram of at most bufsize bytes and its sender's
+  /// address.
+  /// @throws std::system_error if recvfrom() fails.
   std::pair<std::string, address> recvfrom(std::size_t bufsize, int flags = 0) const {
     std::pair<std::string, address> result{std::string(bufsize, '\0'), address()};
     socklen_t len = address::capacity();
@@ -133,6 +146,7 @@ class socket_view {
     // (A non-blocking socket on a fiber: setsockopt() told the fiber's loop already.)
   }
   /// Python's gettimeout(): nullopt when blocking without a timeout.
+  /// @throws std::system_error if the socket's options cannot be read.
   timeout_type gettimeout() const {
     if (is_nonblocking()) return std::chrono::duration<double>(0);
     timeval tv = getsockopt<timeval>(SOL_SOCKET, SO_RCVTIMEO);
@@ -141,10 +155,13 @@ class socket_view {
                                          static_cast<double>(tv.tv_usec) / 1e6);
   }
   /// Python's setblocking(): false is settimeout(0), true is settimeout(nullopt).
+  /// @throws std::system_error if the socket's options cannot be set.
   void setblocking(bool blocking) const {
     settimeout(blocking ? timeout_type() : timeout_type(std::chrono::duration<double>(0)));
   }
 
+  /// Python's setsockopt(): sets an option to `value` (an int, a timeval, ...).
+  /// @throws std::system_error if setsockopt() fails.
   template <class T>
   void setsockopt(int level, int name, const T& value) const {
     if (::setsockopt(fd_, level, name, &value, sizeof value) < 0) detail::throw_errno("setsockopt");
@@ -152,6 +169,8 @@ class socket_view {
         detail::fiber_waiting != nullptr)
       detail::fiber_waiting->timeout_changed(fd_);  // a fiber's waits honour it too
   }
+  /// Python's getsockopt(): reads an option as a T (int by default).
+  /// @throws std::system_error if getsockopt() fails.
   template <class T = int>
   T getsockopt(int level, int name) const {
     T value{};
@@ -160,6 +179,8 @@ class socket_view {
     return value;
   }
 
+  /// Python's getsockname(): the address the socket is bound to.
+  /// @throws std::system_error if getsockname() fails.
   address getsockname() const {
     address a;
     socklen_t len = address::capacity();
@@ -167,6 +188,8 @@ class socket_view {
     a.resize(len);
     return a;
   }
+  /// Python's getpeername(): the address of the connected peer.
+  /// @throws std::system_error if getpeername() fails (ENOTCONN when not connected).
   address getpeername() const {
     address a;
     socklen_t len = address::capacity();
@@ -175,17 +198,20 @@ class socket_view {
     return a;
   }
 
-  /// shutdown(2): SHUT_RD, SHUT_WR or SHUT_RDWR.
+  /// Python's shutdown(): shutdown(2) with SHUT_RD, SHUT_WR or SHUT_RDWR.
+  /// @throws std::system_error if shutdown() fails (e.g. ENOTCONN).
   void shutdown(int how) const {
     std::error_code ec;
     shutdown(how, ec);
     if (ec) detail::throw_error(ec, "shutdown");
   }
+  /// The same without exceptions: on failure `ec` is set.
   void shutdown(int how, std::error_code& ec) const noexcept {
     ec = ::shutdown(fd_, how) < 0 ? detail::last_error() : std::error_code();
   }
 
  protected:
+  /// The descriptor, -1 for none.
   int fd_ = -1;
 
  private:
@@ -214,19 +240,23 @@ class socket_view {
   }
 };
 
-/// An owning socket: closes its descriptor when destroyed. Move-only.
+/// An owning socket: closes its descriptor when destroyed. Move-only. Python's
+/// socket.socket, as a handler's `request` and a server's `socket`.
 class socket : public socket_view {
  public:
+  /// No socket (fileno() is -1).
   socket() noexcept = default;
   /// Takes ownership of fd.
   explicit socket(int fd) noexcept : socket_view(fd) {}
-  /// Creates a socket (close-on-exec).
-  /// @throws std::system_error
+  /// Python's `socket.socket(family, type, proto)`: creates a socket (close-on-exec).
+  /// @throws std::system_error if socket() fails.
   socket(int family, int type, int protocol = 0) {
     fd_ = ::socket(family, type | SOCK_CLOEXEC, protocol);
     if (fd_ < 0) detail::throw_errno("socket");
   }
+  /// Takes over other's descriptor; other is left closed.
   socket(socket&& other) noexcept : socket_view(std::exchange(other.fd_, -1)) {}
+  /// Closes this socket, then takes over other's descriptor; other is left closed.
   socket& operator=(socket&& other) noexcept {
     if (this != &other) {
       close();
@@ -238,14 +268,14 @@ class socket : public socket_view {
   socket& operator=(const socket&) = delete;
   ~socket() { close(); }
 
-  /// Closes the descriptor; fileno() is -1 afterwards. Closing twice is harmless.
+  /// Python's close(): closes the descriptor; fileno() is -1 afterwards. Closing twice is harmless.
   void close() noexcept {
     // No EINTR retry: on Linux the descriptor is released even when close() is interrupted.
     if (fd_ < 0) return;
     if (detail::fiber_waiting != nullptr) detail::fiber_waiting->closing(fd_);
     ::close(std::exchange(fd_, -1));
   }
-  /// Gives up ownership and returns the descriptor.
+  /// Python's detach(): gives up ownership and returns the descriptor.
   int detach() noexcept { return std::exchange(fd_, -1); }
 };
 

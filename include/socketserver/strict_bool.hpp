@@ -10,8 +10,10 @@ namespace socketserver {
 /// `TCPServer<H> s({"127.0.0.1", 0})` cannot also be read as (path "127.0.0.1", flag 0).
 class strict_bool {
  public:
+  /// Takes a bool, and nothing that merely converts to one (an int, a pointer).
   template <class B, std::enable_if_t<std::is_same_v<B, bool>, int> = 0>
   constexpr strict_bool(B value) noexcept : value_(value) {}  // NOLINT: implicit by design
+  /// The value given.
   constexpr operator bool() const noexcept { return value_; }
 
  private:

@@ -76,12 +76,26 @@ class basic_tcp_server : public BaseServer<Derived, Handler, Request> {
   using base = BaseServer<Derived, Handler, Request>;
 
  public:
+  /// Python's BaseServer.address_family: AF_INET (redefine as AF_INET6 for IPv6; AF_UNIX in
+  /// the Unix servers).
   static constexpr int address_family = AF_INET;
+  /// Python's BaseServer.socket_type: SOCK_STREAM (SOCK_DGRAM in the datagram servers).
   static constexpr int socket_type = SOCK_STREAM;
+  /// Python's BaseServer.request_queue_size: the listen() backlog (5). It does not bound
+  /// how many requests are served at once.
   static constexpr int request_queue_size = 5;
+  /// Python's BaseServer.allow_reuse_address: set SO_REUSEADDR before binding (false).
   static constexpr bool allow_reuse_address = false;
+  /// Python's TCPServer.allow_reuse_port: set SO_REUSEPORT before binding (false; IP only).
   static constexpr bool allow_reuse_port = false;
 
+  /// Python's `TCPServer(server_address, RequestHandlerClass, bind_and_activate=True)`
+  /// (the handler class is the template argument): creates the socket and, if
+  /// `bind_and_activate`, calls server_bind() and server_activate().
+  /// @code
+  /// socketserver::TCPServer<MyTCPHandler> server({"localhost", 9999});
+  /// server.serve_forever();
+  /// @endcode
   /// @throws std::system_error naming the address if the socket cannot be created, bound
   ///         or activated; std::out_of_range for a bad port (from address).
   explicit basic_tcp_server(address addr, strict_bool bind_and_activate = true)
@@ -99,9 +113,11 @@ class basic_tcp_server : public BaseServer<Derived, Handler, Request> {
   }
   ~basic_tcp_server() { basic_tcp_server::server_close(); }
 
-  /// Called by the constructor to bind the socket. May be overridden.
-  /// Sets SO_REUSEADDR / SO_REUSEPORT as the policies ask, resolves a host name, binds, and
-  /// sets server_address to the bound address.
+  /// Python's TCPServer.server_bind(): called by the constructor to bind the socket. May be
+  /// overridden. Sets SO_REUSEADDR / SO_REUSEPORT as the policies ask, resolves a host name,
+  /// binds, and sets server_address to the bound address.
+  /// @throws std::system_error naming the address if it cannot be resolved or bound (e.g.
+  ///         `bind 127.0.0.1:9999: Address already in use`).
   void server_bind() {
     if (Derived::allow_reuse_address) this->socket.setsockopt(SOL_SOCKET, SO_REUSEADDR, 1);
     if (Derived::allow_reuse_port &&
@@ -126,15 +142,17 @@ class basic_tcp_server : public BaseServer<Derived, Handler, Request> {
     this->server_address = this->socket.getsockname();
   }
 
-  /// Called by the constructor to activate the server: listen(). May be overridden.
+  /// Python's TCPServer.server_activate(): called by the constructor to activate the
+  /// server: listen(request_queue_size). May be overridden.
+  /// @throws std::system_error naming the address if listen() fails.
   void server_activate() {
     if (::listen(this->fileno(), Derived::request_queue_size) < 0)
       detail::throw_errno("listen " + this->server_address.to_string());
   }
 
-  /// Accepts a connection: returns the connected socket and the client's address.
-  /// May be overridden.
-  /// @throws std::system_error
+  /// Python's TCPServer.get_request(): accepts a connection, returns the connected socket
+  /// and the client's address. May be overridden.
+  /// @throws std::system_error if accept() fails.
   std::pair<Request, address> get_request() {
     std::pair<Request, address> got;
     std::error_code ec;
@@ -158,17 +176,19 @@ class basic_tcp_server : public BaseServer<Derived, Handler, Request> {
     return true;
   }
 
-  /// Shuts the connection down for writing, then closes it. May be overridden.
+  /// Python's TCPServer.shutdown_request(): shuts the connection down for writing, then
+  /// closes it (close_request()). May be overridden.
   void shutdown_request(Request& request) {
     std::error_code ignored;  // e.g. ENOTCONN when the peer has already gone
     request.shutdown(SHUT_WR, ignored);
     this->derived().close_request(request);
   }
 
-  /// Closes the connection. May be overridden.
+  /// Python's TCPServer.close_request(): closes the connection. May be overridden.
   void close_request(Request& request) { request.close(); }
 
-  /// Closes the server socket and removes the Unix socket file it created (CPython leaves
+  /// Python's TCPServer.server_close(): closes the server socket and removes the Unix socket
+  /// file it created (CPython leaves
   /// it behind). Calling it again does nothing. May be overridden.
   void server_close() noexcept {
     this->socket.close();

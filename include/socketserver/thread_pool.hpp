@@ -128,11 +128,17 @@ constexpr bool redefines_loop_hooks =
 template <class Base>
 class ThreadPoolMixIn : public Base {
  public:
+  /// The request type of the server below: `socket` or `datagram`.
   using request_type = typename Base::request_type;
 
+  /// Workers kept running (default_pool_size()); more are started up to max_pool_size.
   std::size_t pool_size = default_pool_size();
+  /// Requests queued at max_pool_size before the server stops accepting (64).
   std::size_t queue_size = 64;
+  /// server_close() serves the queued requests first (true) or closes them unserved.
   bool drain_on_close = true;
+  /// How long a handler may hold the serve loop without waiting in the library's I/O before
+  /// another worker takes the loop over (2 ms; 0 hands it on before every request).
   std::chrono::duration<double> handoff_after{0.002};
   /// Most requests served at once: beyond pool_size, a worker is started whenever every
   /// worker is serving (one thread per connection, as ThreadingMixIn, for long-lived ones).
@@ -148,6 +154,7 @@ class ThreadPoolMixIn : public Base {
   ThreadPoolMixIn& operator=(const ThreadPoolMixIn&) = delete;
   ~ThreadPoolMixIn() { ThreadPoolMixIn::server_close(); }
 
+  /// The default pool_size: 4 per core, at least 8.
   static std::size_t default_pool_size() noexcept {
     return std::max<std::size_t>(8, 4 * std::max(1u, std::thread::hardware_concurrency()));
   }

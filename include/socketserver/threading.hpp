@@ -43,14 +43,31 @@ namespace socketserver {
 /// connections of the threads still running (daemon threads, or all with block_on_close
 /// false) so that they stop waiting for their clients, and waits for them. If your subclass
 /// has members that handlers use, call server_close() in its destructor.
+///
+/// The Python docs' ThreadedTCPServer (`class ThreadedTCPServer(ThreadingMixIn, TCPServer)`):
+/// @code
+/// struct ThreadedTCPServer
+///     : socketserver::ThreadingMixIn<socketserver::basic_tcp_server<Handler, ThreadedTCPServer>> {
+///   using ThreadingMixIn::ThreadingMixIn;
+/// };
+/// @endcode
+/// or simply `socketserver::ThreadingTCPServer<Handler>` (servers.hpp).
 template <class Base>
 class ThreadingMixIn : public Base {
  public:
+  /// The request type of the server below: `socket` or `datagram`.
   using request_type = typename Base::request_type;
 
+  /// Python's ThreadingMixIn.daemon_threads: when true, server_close() does not wait for
+  /// the request threads (the destructor still stops them: none outlives the server).
   bool daemon_threads = false;
+  /// Python's ThreadingMixIn.block_on_close: server_close() waits for the non-daemon
+  /// request threads (true).
   bool block_on_close = true;
+  /// Stack size of each request thread in bytes; 0 is the system's default (Python:
+  /// threading.stack_size()).
   std::size_t thread_stack_size = 0;
+  /// At most this many request threads at once, 0 for no limit (beyond Python).
   std::size_t max_threads = 0;
 
   using Base::Base;

@@ -29,18 +29,25 @@ class basic_udp_server : public basic_tcp_server<Handler, Derived, datagram> {
   using base = basic_tcp_server<Handler, Derived, datagram>;
 
  public:
+  /// Python's UDPServer.socket_type: SOCK_DGRAM.
   static constexpr int socket_type = SOCK_DGRAM;
+  /// Python's UDPServer.allow_reuse_address: false (SO_REUSEADDR when true).
   static constexpr bool allow_reuse_address = false;
+  /// Python's UDPServer.allow_reuse_port: false (SO_REUSEPORT when true).
   static constexpr bool allow_reuse_port = false;
+  /// Python's UDPServer.max_packet_size: the largest datagram received whole (8192); a
+  /// longer one is cut and flagged `truncated`.
   static constexpr std::size_t max_packet_size = 8192;
 
   using base::base;
 
-  /// Datagram sockets do not listen.
+  /// Python's UDPServer.server_activate(): nothing, as datagram sockets do not listen.
   void server_activate() {}
 
-  /// Receives one datagram, without blocking. May be overridden.
-  /// @throws std::system_error (EAGAIN when none is waiting)
+  /// Python's UDPServer.get_request(): receives one datagram, without blocking; the request
+  /// is the packet and the server's socket (Python's `(data, socket)` pair). May be
+  /// overridden.
+  /// @throws std::system_error if recvfrom() fails (EAGAIN when none is waiting)
   std::pair<datagram, address> get_request() {
     std::pair<datagram, address> got;
     std::error_code ec;
@@ -76,7 +83,8 @@ class basic_udp_server : public basic_tcp_server<Handler, Derived, datagram> {
     return true;
   }
 
-  /// Nothing to shut down per request: calls close_request().
+  /// Python's UDPServer.shutdown_request(): nothing to shut down per request, so it calls
+  /// close_request().
   void shutdown_request(datagram& request) { this->derived().close_request(request); }
   /// Nothing to close per request: the socket is the server's.
   void close_request(datagram& /*request*/) {}

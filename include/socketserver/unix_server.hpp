@@ -16,6 +16,7 @@ namespace socketserver {
 template <class Handler, class Derived>
 class basic_unix_stream_server : public basic_tcp_server<Handler, Derived> {
  public:
+  /// Python's UnixStreamServer.address_family: AF_UNIX.
   static constexpr int address_family = AF_UNIX;
   using basic_tcp_server<Handler, Derived>::basic_tcp_server;
 };
@@ -25,6 +26,7 @@ class basic_unix_stream_server : public basic_tcp_server<Handler, Derived> {
 template <class Handler, class Derived>
 class basic_unix_datagram_server : public basic_udp_server<Handler, Derived> {
  public:
+  /// Python's UnixDatagramServer.address_family: AF_UNIX.
   static constexpr int address_family = AF_UNIX;
   using basic_udp_server<Handler, Derived>::basic_udp_server;
 };
