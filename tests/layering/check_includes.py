@@ -13,7 +13,8 @@ import sys
 
 LAYERS = [
     ("detail: time, errno", ["detail/time.hpp", "detail/errno.hpp", "detail/fd.hpp",
-                             "detail/process.hpp", "detail/exceptions.hpp"]),
+                             "detail/process.hpp", "detail/exceptions.hpp",
+                             "detail/proxy_protocol.hpp"]),
     ("detail: waits", ["detail/accept_errors.hpp", "detail/blocking.hpp", "detail/wakeup.hpp",
                        "detail/drain_signal.hpp", "detail/fiber_poller.hpp"]),
     ("detail: poll", ["detail/poll.hpp"]),
