@@ -5,9 +5,11 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <map>
 #include <set>
 #include <string>
 #include <thread>
+#include <type_traits>
 
 #include "catch.hpp"
 #include "support/harness.hpp"
@@ -184,5 +186,47 @@ TEST_CASE("prefork workers running fibers inside each", "[prefork][fibers]") {
     CHECK_FALSE(workers.error());
   }
   CHECK(pids.size() <= 2);
+  CHECK_FALSE(test::has_children());
+}
+
+namespace {
+
+// How many of `count` connections, made one after the other once both workers serve, each
+// worker of `server` served (2 workers).
+template <class Server>
+std::map<long, int> spread(Server& server, int count) {
+  std::map<long, int> served;
+  Workers<Server> workers(server, 2);
+  // First until both workers have answered (they start at their own pace), at most 2,000.
+  std::set<long> seen;
+  for (int i = 0; i < 2000 && seen.size() < 2; ++i)
+    seen.insert(pid_of(ask(server.server_address, "who\n")));
+  for (int i = 0; i < count; ++i) ++served[pid_of(ask(server.server_address, "who\n"))];
+  workers.stop();
+  CHECK_FALSE(workers.error());
+  return served;
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("prefork workers take turns with one client at a time", "[prefork][balance]",
+                   socketserver::TCPServer<Pid>, socketserver::ThreadingTCPServer<Pid>,
+                   socketserver::ThreadPoolTCPServer<Pid>, socketserver::FiberTCPServer<Pid>) {
+#if defined(SOCKETSERVER_TEST_TSAN)
+  if (!std::is_same_v<TestType, socketserver::TCPServer<Pid>>) {
+    WARN("skipped under ThreadSanitizer");  // threads in a forked child
+    return;
+  }
+#endif
+  // A worker that has just taken a connection goes behind the others in the listening
+  // socket's wait queue (exclusive_wait::rotate()). Without that, the worker registered
+  // first took every connection it was idle for: all 40 here for threading workers.
+  TestType server({"127.0.0.1", 0});
+  if constexpr (std::is_same_v<TestType, socketserver::FiberTCPServer<Pid>>)
+    server.loop_threads = 1;
+  const std::map<long, int> served = spread(server, 40);
+  CHECK(served.count(0) == 0);  // every request was answered
+  REQUIRE(served.size() == 2);
+  for (const auto& [pid, n] : served) CHECK(n >= 10);
   CHECK_FALSE(test::has_children());
 }

@@ -161,6 +161,7 @@ class BaseServer : public any_server {
     detail::exclusive_wait exclusive(fds, 3, policy.shared());
     int eager_streak = eager && nonblocking_already ? 1 : 0;  // requests taken without a poll:
                                                               // bounded, so wake-ups are seen
+    bool took_work = false;  // since the last wait: then the other waiters go first next time
     while (policy.keep_going()) {
       if (listen_fd < 0) throw std::system_error(EBADF, std::system_category(), "serve_forever");
       if (eager_streak == 0) {
@@ -173,6 +174,8 @@ class BaseServer : public any_server {
                                                          paused_until - detail::clock::now());
         }
         for (pollfd& p : fds) p.revents = 0;
+        if (took_work) exclusive.rotate();
+        took_work = false;
         if (fds[0].fd >= 0 && exclusive.active())
           exclusive.wait(fds, 3, wait);
         else
@@ -187,6 +190,7 @@ class BaseServer : public any_server {
         hooks_turn turn(policy);
         served = handle_request_noblock();
       }
+      took_work = took_work || served;
       eager_streak = eager && served && eager_streak < 64 ? eager_streak + 1 : 0;
       if (eagerly && !served) {  // nothing was waiting: poll, as if we had not looked
         if (!policy.keep_looping_when_idle()) break;

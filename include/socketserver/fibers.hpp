@@ -426,7 +426,8 @@ class FiberMixIn : public Base {
     };
     try {
       bool watching = false;
-      int streak = 0;  // requests taken in a row: then the new fibers get their turn
+      bool took_work = false;  // since the last wait: the other loops and workers go first next
+      int streak = 0;          // requests taken in a row: then the new fibers get their turn
       while (accepting_.load(std::memory_order_acquire)) {
         const auto paused_until = this->accept_paused_until();
         if (paused_until > detail::clock::now()) {  // out of descriptors: wait, then retry
@@ -446,11 +447,15 @@ class FiberMixIn : public Base {
           served = this->handle_request_noblock();
           if (served) this->derived().service_actions();  // after each request, as Python's
         }
+        took_work = took_work || served;
         if (served && ++streak < 64) continue;
         streak = 0;
         if (served) {
           loop.yield();
         } else {
+          if (took_work && detail::exclusive_wait::rotation.load(std::memory_order_relaxed))
+            loop.rotate_shared(fd);
+          took_work = false;
           parked waiting(slot, loop.running());
           loop.wait(fd, POLLIN, detail::clock::time_point::max());
         }

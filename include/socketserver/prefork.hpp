@@ -43,10 +43,11 @@ namespace socketserver {
 /// The workers share the one listening socket (a stream socket is made non-blocking while
 /// they serve). Each waits with EPOLLEXCLUSIVE on Linux (socket_shared()), so a request wakes
 /// one waiting worker, not all of them (elsewhere all wake, and those that find nothing wait
-/// again). One socket works for every family, Unix included, and never hands a connection to
-/// a worker that has exited; SO_REUSEPORT sockets would spread connections without a shared
-/// wake-up, but a connection queued on an exiting worker's socket is lost. A worker that
-/// loses its parent stops as well. Each worker counts its own stats().
+/// again); a worker that took work waits behind the others next (detail::exclusive_wait::
+/// rotate()), so the idle workers take turns. One socket works for every family, Unix included, and
+/// never hands a connection to a worker that has exited; SO_REUSEPORT sockets would spread
+/// connections without a shared wake-up, but a connection queued on an exiting worker's socket is
+/// lost. A worker that loses its parent stops as well. Each worker counts its own stats().
 template <class Base>
 class PreforkMixIn : public Base {
  public:

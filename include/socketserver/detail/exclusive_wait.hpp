@@ -2,6 +2,13 @@
 // Waiting for a listening socket that other processes wait for too (prefork workers), so
 // that a new connection wakes one waiting worker instead of all of them (Linux's
 // EPOLLEXCLUSIVE). Elsewhere, or if epoll refuses, callers fall back to poll().
+//
+// Which waiter wakes: the kernel walks the socket's wait queue from its head and wakes the
+// first registered waiter that is waiting, and a registration keeps its place for as long as
+// it lasts. So the worker registered first takes every connection it is idle for: a
+// threading worker, back in its wait at once, took 71% of them (issue 15). rotate() moves a
+// waiter that has just taken work to the back of the queue (its registration is removed and
+// added again), so the idle workers take turns: the one idle longest goes first.
 #pragma once
 
 #include <poll.h>    // pollfd, POLLIN, POLLHUP, POLLERR
@@ -10,6 +17,7 @@
 #  include <sys/epoll.h>  // epoll_create1, epoll_ctl, epoll_wait, EPOLLEXCLUSIVE
 #endif
 
+#include <atomic>  // std::atomic
 #include <cerrno>  // errno, EINTR
 
 #include "errno.hpp"  // throw_errno
@@ -30,14 +38,12 @@ class exclusive_wait {
     if (epoll_fd_ < 0) return;
     for (int i = 0; i < count; ++i) {
       if (fds[i].fd < 0) continue;
-      epoll_event ev{};
-      ev.events = EPOLLIN | (i == 0 ? EPOLLEXCLUSIVE : 0u);
-      ev.data.u32 = static_cast<unsigned>(i);
-      if (::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fds[i].fd, &ev) < 0) {
+      if (!add(fds[i].fd, i)) {
         close();
         return;
       }
     }
+    shared_fd_ = fds[0].fd;
 #else
     (void)fds;
     (void)count;
@@ -49,6 +55,24 @@ class exclusive_wait {
   ~exclusive_wait() { close(); }
 
   bool active() const noexcept { return epoll_fd_ >= 0; }
+
+  /// Moves this waiter to the back of the shared socket's wait queue, behind every other
+  /// waiter: call it after a wake-up that found work, before waiting again (see the file
+  /// comment). Nothing is missed meanwhile: a connection that comes between the removal and
+  /// the new registration wakes another waiter, or is seen by the new registration (which
+  /// polls the socket). Two system calls per wake-up that found work. If epoll refuses the
+  /// new registration (out of memory), the wait falls back to poll() (active() is false).
+  void rotate() noexcept {
+#if defined(__linux__) && defined(EPOLLEXCLUSIVE)
+    if (epoll_fd_ < 0 || !rotation.load(std::memory_order_relaxed)) return;
+    (void)::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, shared_fd_, nullptr);
+    if (!add(shared_fd_, 0)) close();
+#endif
+  }
+
+  /// Whether rotate() rotates (true by default). bench/prefork_balance turns it off to
+  /// measure the wake-up order without it, in the same run; nothing else should.
+  inline static std::atomic<bool> rotation{true};
 
   /// Like poll_for() on the descriptors given to the constructor: sets their revents and
   /// returns how many are ready (0 on timeout). Signals are retried with the time left.
@@ -82,12 +106,25 @@ class exclusive_wait {
   }
 
  private:
+  bool add(int fd, int index) noexcept {
+#if defined(__linux__) && defined(EPOLLEXCLUSIVE)
+    epoll_event ev{};
+    ev.events = EPOLLIN | (index == 0 ? EPOLLEXCLUSIVE : 0u);
+    ev.data.u32 = static_cast<unsigned>(index);
+    return ::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev) == 0;
+#else
+    (void)fd;
+    (void)index;
+    return false;
+#endif
+  }
   void close() noexcept {
     if (epoll_fd_ >= 0) ::close(epoll_fd_);
     epoll_fd_ = -1;
   }
 
   int epoll_fd_ = -1;
+  int shared_fd_ = -1;  // fds[0]: the shared socket
 };
 
 }  // namespace detail

@@ -245,6 +245,17 @@ class fiber_loop final : public fiber_waiter {
     s.registered = s.shared = true;
   }
   void unwatch(int fd) noexcept { forget(fd); }
+  /// Moves this loop behind every other waiter in the shared socket's wait queue (epoll wakes
+  /// the first one waiting: see exclusive_wait::rotate()), after it took work. Elsewhere
+  /// every loop is woken anyway: nothing to do.
+  void rotate_shared(int fd) {
+#if defined(SOCKETSERVER_FIBER_EPOLL)
+    unwatch(fd);
+    watch_shared(fd);
+#else
+    (void)fd;
+#endif
+  }
 
   /// Marks `fd` as a connection this loop's fibers own until closing(fd): waits on it
   /// register it once, edge-triggered, instead of once per wait.
