@@ -5,8 +5,10 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdint>
 #include <map>
 #include <set>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <type_traits>
@@ -229,4 +231,103 @@ TEMPLATE_TEST_CASE("prefork workers take turns with one client at a time", "[pre
   REQUIRE(served.size() == 2);
   for (const auto& [pid, n] : served) CHECK(n >= 10);
   CHECK_FALSE(test::has_children());
+}
+
+namespace {
+
+// Replies with its pid, its parent's (the worker's, for a forking worker's request child) and
+// what its server's stats() count ("pid ppid accepted").
+struct PidAndCount : socketserver::StreamRequestHandler<> {
+  void handle() {
+    const std::string line = rfile.readline();
+    if (line == "crash\n") ::_exit(3);
+    wfile.write(std::to_string(::getpid()) + " " + std::to_string(::getppid()) + " " +
+                std::to_string(server.stats().accepted) + "\n");
+  }
+};
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("a prefork supervisor's stats() sum its workers' live, worker_stats() give each",
+                   "[prefork][stats]", SOCKETSERVER_PREFORK_STREAM_KINDS) {
+#if defined(SOCKETSERVER_TEST_TSAN)
+  if (TestType::concurrency != test::Concurrency::sync &&
+      TestType::concurrency != test::Concurrency::forking) {
+    WARN("skipped under ThreadSanitizer");  // threads in a forked child
+    return;
+  }
+#endif
+  test::TempDir dir;
+  typename TestType::template server<PidAndCount> server(TestType::bind_address(dir));
+  if constexpr (TestType::concurrency == test::Concurrency::fiber) server.loop_threads = 1;
+  CHECK(server.worker_stats().empty());
+  std::map<long, std::uint64_t> replies;  // per worker
+  {
+    Workers<decltype(server)> workers(server, 2);
+    for (int i = 0; i < 40; ++i) {
+      std::istringstream reply(ask(server.server_address, "who\n"));
+      long pid = 0, ppid = 0;
+      std::uint64_t accepted = 0;
+      REQUIRE(reply >> pid >> ppid >> accepted);
+      if (TestType::concurrency == test::Concurrency::forking) pid = ppid;  // the worker
+      // A worker's own stats(): its connections so far, this one included.
+      CHECK(accepted == ++replies[pid]);
+    }
+    // Live: each connection was counted accepted before its handler answered.
+    CHECK(server.stats().accepted == 40);
+    const auto each = server.worker_stats();
+    REQUIRE(each.size() == 2);
+    std::uint64_t sum = 0;
+    for (const auto& w : each) {
+      CHECK(w.pid > 0);
+      CHECK(w.stats.accepted == replies[w.pid]);
+      sum += w.stats.accepted;
+    }
+    CHECK(sum == 40);
+    workers.stop();
+    CHECK_FALSE(workers.error());
+  }
+  // The workers have finished (and exited): every request completed, none failed.
+  const socketserver::server_stats total = server.stats();
+  CHECK(total.accepted == 40);
+  CHECK(total.completed == 40);
+  CHECK(total.errors == 0);
+  CHECK(total.active() == 0);
+  for (const auto& w : server.worker_stats()) CHECK(w.pid == 0);
+}
+
+TEST_CASE("a prefork worker that dies mid-request counts it as failed; its replacement adds on",
+          "[prefork][stats]") {
+  socketserver::TCPServer<PidAndCount> server({"127.0.0.1", 0});
+  Workers<decltype(server)> workers(server, 1);
+  const long first = pid_of(ask(server.server_address, "who\n"));
+  REQUIRE(first > 0);
+  CHECK(ask(server.server_address, "crash\n").empty());
+  const long second = pid_of(ask(server.server_address, "who\n"));
+  REQUIRE(second > 0);
+  CHECK(second != first);
+  const auto each = server.worker_stats();
+  REQUIRE(each.size() == 1);
+  CHECK(each[0].pid == second);  // the replacement took the place, and its counts go on
+  CHECK(each[0].stats.accepted == 3);
+  CHECK(each[0].stats.errors == 1);  // the crash, counted when the worker was reaped
+  workers.stop();
+  const socketserver::server_stats total = server.stats();
+  CHECK(total.accepted == 3);
+  CHECK(total.completed == 3);
+  CHECK(total.errors == 1);
+  CHECK(total.active() == 0);
+}
+
+TEST_CASE("prefork counters add up over several serve_forever_workers() calls",
+          "[prefork][stats]") {
+  socketserver::TCPServer<PidAndCount> server({"127.0.0.1", 0});
+  for (std::size_t n : {1u, 3u, 2u}) {
+    Workers<decltype(server)> workers(server, n);
+    CHECK(pid_of(ask(server.server_address, "who\n")) > 0);
+    workers.stop();
+    CHECK(server.worker_stats().size() == (n == 1 ? 1u : 3u));  // a bigger call, new places
+  }
+  CHECK(server.stats().accepted == 3);
+  CHECK(server.stats().completed == 3);
 }

@@ -8,6 +8,7 @@
 #include <atomic>              // std::atomic
 #include <chrono>              // std::chrono::milliseconds
 #include <condition_variable>  // std::condition_variable
+#include <cstddef>             // std::size_t
 #include <cstdint>             // std::uint64_t
 #include <mutex>               // std::mutex, std::unique_lock, std::lock_guard
 #include <stdexcept>           // std::logic_error
@@ -79,21 +80,14 @@ class any_server {
     cv_.wait(lock, [&] { return completed_loops_ != generation; });
   }
 
-  /// A snapshot of the request counters.
+  /// A snapshot of the request counters. On a prefork supervisor (PreforkMixIn), the sum over
+  /// its workers, live (each counts in memory shared with it), with its own; in a worker,
+  /// the worker's own.
   server_stats stats() const noexcept {
-    server_stats s;
-    s.accepted = counters_.accepted.load(std::memory_order_relaxed);
-    s.rejected = counters_.rejected.load(std::memory_order_relaxed);
-    s.errors = counters_.errors.load(std::memory_order_relaxed);
-    s.disconnects = counters_.disconnects.load(std::memory_order_relaxed);
-    s.timeouts = counters_.timeouts.load(std::memory_order_relaxed);
-    s.get_request_errors = counters_.get_request_errors.load(std::memory_order_relaxed);
-    s.queued = counters_.queued.load(std::memory_order_relaxed);
-    s.pool_grown = counters_.pool_grown.load(std::memory_order_relaxed);
-    s.pool_threads = counters_.pool_threads.load(std::memory_order_relaxed);
-    // Read last: a request counted completed is then also counted accepted.
-    s.completed = counters_.completed.load(std::memory_order_acquire);
-    if (s.completed + s.rejected > s.accepted) s.accepted = s.completed + s.rejected;
+    server_stats s = snapshot(*counters_);
+    for (const counter_block* b = worker_blocks_.load(std::memory_order_acquire); b != nullptr;
+         b = b->next)
+      for (std::size_t i = 0; i < b->count; ++i) add(s, snapshot(b->slots()[i].counts));
     return s;
   }
 
@@ -150,11 +144,56 @@ class any_server {
   }
 
   /// @cond INTERNAL
-  // The counters behind stats(); the server layers count what they see.
+  // The counters behind stats(); the server layers count what they see, in *counters_.
+  // (Address-free lock-free atomics: they work in memory shared between processes too.)
   struct counters {
     std::atomic<std::uint64_t> accepted{0}, rejected{0}, completed{0}, errors{0}, disconnects{0},
         timeouts{0}, get_request_errors{0}, queued{0}, pool_grown{0}, pool_threads{0};
   };
+  // A prefork worker's counters, in memory its supervisor shares with it (see PreforkMixIn):
+  // a cache line of its own, so that workers do not slow each other down.
+  struct alignas(64) counter_slot {
+    counters counts;
+    std::atomic<long> pid{0};  // the worker counting here; 0 for none
+  };
+  // One serve_forever_workers() call's slots (its header, then `count` slots), linked to the
+  // blocks of earlier calls that needed fewer slots: stats() sums every block.
+  struct alignas(64) counter_block {
+    counter_block* next = nullptr;
+    std::size_t count = 0;
+    counter_slot* slots() noexcept { return reinterpret_cast<counter_slot*>(this + 1); }
+    const counter_slot* slots() const noexcept {
+      return reinterpret_cast<const counter_slot*>(this + 1);
+    }
+  };
+  static server_stats snapshot(const counters& c) noexcept {
+    server_stats s;
+    s.accepted = c.accepted.load(std::memory_order_relaxed);
+    s.rejected = c.rejected.load(std::memory_order_relaxed);
+    s.errors = c.errors.load(std::memory_order_relaxed);
+    s.disconnects = c.disconnects.load(std::memory_order_relaxed);
+    s.timeouts = c.timeouts.load(std::memory_order_relaxed);
+    s.get_request_errors = c.get_request_errors.load(std::memory_order_relaxed);
+    s.queued = c.queued.load(std::memory_order_relaxed);
+    s.pool_grown = c.pool_grown.load(std::memory_order_relaxed);
+    s.pool_threads = c.pool_threads.load(std::memory_order_relaxed);
+    // Read last: a request counted completed is then also counted accepted.
+    s.completed = c.completed.load(std::memory_order_acquire);
+    if (s.completed + s.rejected > s.accepted) s.accepted = s.completed + s.rejected;
+    return s;
+  }
+  static void add(server_stats& to, const server_stats& s) noexcept {
+    to.accepted += s.accepted;
+    to.rejected += s.rejected;
+    to.completed += s.completed;
+    to.errors += s.errors;
+    to.disconnects += s.disconnects;
+    to.timeouts += s.timeouts;
+    to.get_request_errors += s.get_request_errors;
+    to.queued += s.queued;
+    to.pool_grown += s.pool_grown;
+    to.pool_threads += s.pool_threads;
+  }
   void count(std::atomic<std::uint64_t>& counter) noexcept {
     counter.fetch_add(1, std::memory_order_relaxed);
   }
@@ -164,20 +203,24 @@ class any_server {
   void count_completed(detail::request_outcome outcome) noexcept {
     switch (outcome) {
       case detail::request_outcome::failed:
-        count(counters_.errors);
+        count(counters_->errors);
         break;
       case detail::request_outcome::disconnected:
-        count(counters_.disconnects);
+        count(counters_->disconnects);
         break;
       case detail::request_outcome::timed_out:
-        count(counters_.timeouts);
+        count(counters_->timeouts);
         break;
       case detail::request_outcome::completed:
         break;
     }
-    counters_.completed.fetch_add(1, std::memory_order_release);
+    counters_->completed.fetch_add(1, std::memory_order_release);
   }
-  counters counters_;
+  counters own_counters_;
+  counters* counters_ = &own_counters_;  // where this process counts: a worker's slot in one
+  // A prefork supervisor's workers' slots (PreforkMixIn maps and unmaps them), summed by
+  // stats(); nullptr elsewhere.
+  std::atomic<const counter_block*> worker_blocks_{nullptr};
 
   detail::wakeup wakeup_;
   // Raised by drain(); shared with forked request children (not with prefork workers).

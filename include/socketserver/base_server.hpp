@@ -486,7 +486,7 @@ class BaseServer : public any_server {
       }
     }
     accept_backoff_.succeeded();
-    count(counters_.accepted);
+    count(counters_->accepted);
     if (derived().verify_request(request, client_address)) {
       try {
         derived().process_request(request, client_address);
@@ -499,7 +499,7 @@ class BaseServer : public any_server {
         count_completed(outcome);
       }
     } else {
-      count(counters_.rejected);
+      count(counters_->rejected);
       derived().shutdown_request(request);
     }
     return true;
@@ -508,7 +508,7 @@ class BaseServer : public any_server {
  private:
   void on_get_request_error(const std::error_code& ec, const std::system_error* thrown = nullptr) {
     if (detail::is_transient(ec)) return;
-    count(counters_.get_request_errors);
+    count(counters_->get_request_errors);
     const char* call = detail::is_stream<Request> ? "accept" : "recvfrom";
     if (thrown != nullptr)
       derived().handle_get_request_error(*thrown);

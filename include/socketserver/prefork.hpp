@@ -5,6 +5,7 @@
 
 #include <fcntl.h>      // O_CLOEXEC
 #include <poll.h>       // pollfd, POLLIN
+#include <sys/mman.h>   // mmap, munmap, MAP_SHARED, MAP_ANONYMOUS
 #include <sys/types.h>  // pid_t
 #include <sys/wait.h>   // waitpid, WNOHANG
 #include <unistd.h>     // pipe2, getpid, _exit
@@ -14,6 +15,7 @@
 #include <cstddef>       // std::size_t
 #include <cstdio>        // std::fprintf, std::fflush, stderr
 #include <map>           // std::map
+#include <new>           // placement new
 #include <stdexcept>     // std::invalid_argument
 #include <system_error>  // std::system_error
 #include <vector>        // std::vector
@@ -26,6 +28,7 @@
 #include "detail/process.hpp"
 #include "detail/time.hpp"
 #include "socket.hpp"
+#include "stats.hpp"
 
 namespace socketserver {
 
@@ -47,11 +50,41 @@ namespace socketserver {
 /// rotate()), so the idle workers take turns. One socket works for every family, Unix included, and
 /// never hands a connection to a worker that has exited; SO_REUSEPORT sockets would spread
 /// connections without a shared wake-up, but a connection queued on an exiting worker's socket is
-/// lost. A worker that loses its parent stops as well. Each worker counts its own stats().
+/// lost. A worker that loses its parent stops as well.
+///
+/// Counters: each worker counts in memory it shares with the supervisor (mapped before the
+/// workers fork; the same relaxed atomic increments as a lone server's, no lock). stats() on
+/// the supervisor is the sum over its workers, live; worker_stats() gives each worker's; in a
+/// worker (a handler's server.stats()), stats() is that worker's own. A worker that dies with
+/// requests in flight has them counted as completed with errors.
 template <class Base>
 class PreforkMixIn : public Base {
  public:
   using Base::Base;
+  ~PreforkMixIn() {
+    const auto* b = this->worker_blocks_.exchange(nullptr);
+    while (b != nullptr) {
+      const auto* next = b->next;
+      ::munmap(const_cast<void*>(static_cast<const void*>(b)), block_bytes(b->count));
+      b = next;
+    }
+  }
+
+  /// Each worker's counters, live, in the places of the last serve_forever_workers() call
+  /// (empty before one); stats() is their sum.
+  std::vector<worker_counters> worker_stats() const {
+    std::vector<worker_counters> out;
+    const auto* b = this->worker_blocks_.load(std::memory_order_acquire);
+    if (b == nullptr) return out;
+    for (std::size_t i = 0; i < b->count; ++i) {
+      worker_counters w;
+      w.index = i;
+      w.pid = b->slots()[i].pid.load(std::memory_order_relaxed);
+      w.stats = this->snapshot(b->slots()[i].counts);
+      out.push_back(w);
+    }
+    return out;
+  }
 
   /// Forks `workers` workers and supervises them until shutdown(); see the class comment.
   /// @throws std::invalid_argument for zero workers; std::system_error if the socket is
@@ -73,56 +106,62 @@ class PreforkMixIn : public Base {
     socketserver::socket stop_read(stop_pipe[0]), stop_write(stop_pipe[1]);
 
     using detail::clock;
+    typename Base::counter_slot* slots = counter_slots(workers);
     struct worker {
       clock::time_point started;
       socketserver::socket pidfd;  // readable once the worker has exited (-1 if unsupported)
+      std::size_t slot;            // where it counts
     };
     std::map<pid_t, worker> running;
-    std::vector<clock::time_point> respawn_at;  // replacements waiting out a crash loop
-    auto spawn = [&] {
+    std::vector<respawn> respawn_at;  // replacements waiting out a crash loop
+    auto spawn = [&](std::size_t slot) {
       std::fflush(nullptr);
       const pid_t pid = this->fork_server_process();
       if (pid < 0) detail::throw_errno("fork");
       if (pid == 0) {
         stop_write.close();
+        this->counters_ = &slots[slot].counts;  // a worker's stats() are its own
+        this->worker_blocks_.store(nullptr, std::memory_order_relaxed);
         this->derived().after_fork_in_child();
         run_worker(stop_read.fileno(), poll_interval);
       }
-      running[pid] = worker{clock::now(), socketserver::socket(detail::open_pidfd(pid))};
+      slots[slot].pid.store(pid, std::memory_order_relaxed);
+      running[pid] = worker{clock::now(), socketserver::socket(detail::open_pidfd(pid)), slot};
     };
     auto stop_workers = [&] {
       stop_write.close();  // every worker sees end of file and stops
       for (auto& [pid, w] : running) {
         int status = 0;
         detail::retry_on_eintr([&, p = pid] { return ::waitpid(p, &status, 0); });
+        retire(slots[w.slot]);
       }
       running.clear();
     };
     try {
-      for (std::size_t i = 0; i < workers; ++i) spawn();
+      for (std::size_t i = 0; i < workers; ++i) spawn(i);
       std::vector<pollfd> fds;
       while (!this->shutdown_requested()) {
         fds.assign(1, pollfd{this->wakeup_.fileno(), POLLIN, 0});
         for (auto& [pid, w] : running)
           if (w.pidfd.is_open()) fds.push_back(pollfd{w.pidfd.fileno(), POLLIN, 0});
         timeout_type wait = poll_interval;
-        for (auto due : respawn_at)
-          wait = std::min<std::chrono::duration<double>>(*wait, due - clock::now());
+        for (const respawn& r : respawn_at)
+          wait = std::min<std::chrono::duration<double>>(*wait, r.due - clock::now());
         if (*wait < std::chrono::duration<double>::zero()) wait = std::chrono::duration<double>(0);
         detail::poll_for(fds.data(), fds.size(), wait);
         if (this->shutdown_requested()) break;
-        reap(running, respawn_at);
+        reap(running, respawn_at, slots);
         for (auto it = respawn_at.begin(); it != respawn_at.end();) {
-          if (*it > clock::now()) {
+          if (it->due > clock::now()) {
             ++it;
             continue;
           }
           try {
-            spawn();
+            spawn(it->slot);
             it = respawn_at.erase(it);
           } catch (const std::system_error& e) {  // e.g. EAGAIN: try again next time
             std::fprintf(stderr, "socketserver: cannot replace a worker: %s\n", e.what());
-            *it = clock::now() + std::chrono::seconds(1);
+            it->due = clock::now() + std::chrono::seconds(1);
             ++it;
           }
         }
@@ -141,9 +180,52 @@ class PreforkMixIn : public Base {
   int stop_fileno() const noexcept { return stop_fd_ >= 0 ? stop_fd_ : Base::stop_fileno(); }
 
  private:
+  struct respawn {
+    detail::clock::time_point due;
+    std::size_t slot;  // the place of the worker it replaces
+  };
+
+  static constexpr std::size_t block_bytes(std::size_t slots) noexcept {
+    return sizeof(typename Base::counter_block) + slots * sizeof(typename Base::counter_slot);
+  }
+
+  // `workers` counter slots in shared memory, summed by stats(): the last call's if it had as
+  // many, else a new block (the earlier ones stay, and stay counted).
+  typename Base::counter_slot* counter_slots(std::size_t workers) {
+    using block = typename Base::counter_block;
+    using slot = typename Base::counter_slot;
+    const block* head = this->worker_blocks_.load(std::memory_order_acquire);
+    if (head != nullptr && head->count >= workers) return const_cast<block*>(head)->slots();
+    void* memory = ::mmap(nullptr, block_bytes(workers), PROT_READ | PROT_WRITE,
+                          MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (memory == MAP_FAILED) detail::throw_errno("mmap (prefork worker counters)");
+    auto* b = new (memory) block;
+    b->next = const_cast<block*>(head);
+    b->count = workers;
+    for (std::size_t i = 0; i < workers; ++i) new (b->slots() + i) slot;
+    this->worker_blocks_.store(b, std::memory_order_release);
+    return b->slots();
+  }
+
+  // A worker has exited: what it had in flight ended with it (counted as errors), and it
+  // runs no pool threads any more.
+  static void retire(typename Base::counter_slot& slot) noexcept {
+    auto& c = slot.counts;
+    const auto accepted = c.accepted.load(std::memory_order_relaxed);
+    const auto done =
+        c.rejected.load(std::memory_order_relaxed) + c.completed.load(std::memory_order_relaxed);
+    if (accepted > done) {
+      c.errors.fetch_add(accepted - done, std::memory_order_relaxed);
+      c.completed.fetch_add(accepted - done, std::memory_order_release);
+    }
+    c.pool_threads.store(0, std::memory_order_relaxed);
+    slot.pid.store(0, std::memory_order_relaxed);
+  }
+
   // Reaps the workers that have exited, and schedules their replacements.
-  template <class Running, class Due>
-  static void reap(Running& running, Due& respawn_at) {
+  template <class Running>
+  static void reap(Running& running, std::vector<respawn>& respawn_at,
+                   typename Base::counter_slot* slots) {
     using detail::clock;
     for (auto it = running.begin(); it != running.end();) {
       int status = 0;
@@ -151,9 +233,11 @@ class PreforkMixIn : public Base {
         ++it;
         continue;
       }
+      retire(slots[it->second.slot]);
       const bool short_lived = clock::now() - it->second.started < std::chrono::seconds(1);
-      respawn_at.push_back(short_lived ? it->second.started + std::chrono::seconds(1)
-                                       : clock::now());
+      respawn_at.push_back(
+          respawn{short_lived ? it->second.started + std::chrono::seconds(1) : clock::now(),
+                  it->second.slot});
       it = running.erase(it);
     }
   }

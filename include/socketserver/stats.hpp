@@ -2,6 +2,7 @@
 // server_stats: the request counters every server keeps (server.stats()).
 #pragma once
 
+#include <cstddef>  // std::size_t
 #include <cstdint>  // std::uint64_t
 
 namespace socketserver {
@@ -30,6 +31,14 @@ struct server_stats {
   std::uint64_t pool_threads = 0;
   /// Accepted, not rejected, not yet completed: being processed or queued.
   std::uint64_t active() const noexcept { return accepted - rejected - completed; }
+};
+
+/// One prefork worker's counters (PreforkMixIn::worker_stats()).
+struct worker_counters {
+  std::size_t index = 0;  ///< the worker's place, 0 to workers - 1: a replacement takes the
+                          ///< place of the worker it replaces, and adds to its counts
+  long pid = 0;           ///< the worker serving in that place now; 0 once it has exited
+  server_stats stats;     ///< what the workers in that place have counted
 };
 
 }  // namespace socketserver

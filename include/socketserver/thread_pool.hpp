@@ -194,7 +194,7 @@ class ThreadPoolMixIn : public Base {
                      {failed_.fileno(), POLLIN, 0},
                      {lanes_.watcher_wakeup().fileno(), POLLIN, 0}};
     const auto watch_every = lanes_.handoff_after();
-    typename lanes::watcher watcher(lanes_, this->counters_.accepted.load());
+    typename lanes::watcher watcher(lanes_, this->counters_->accepted.load());
     bool idle = false;
     while (!this->shutdown_requested()) {
       for (pollfd& p : fds) p.revents = 0;
@@ -207,7 +207,7 @@ class ThreadPoolMixIn : public Base {
         idle = false;
         watcher.look_again();
       } else {
-        idle = watcher.turn(this->counters_.accepted.load());
+        idle = watcher.turn(this->counters_->accepted.load());
       }
     }
     std::unique_lock<std::mutex> lock(mutex_);
@@ -370,7 +370,7 @@ class ThreadPoolMixIn : public Base {
     slots_[i].thread = std::thread([this, i] { work(i); });
     slots_[i].running = true;
     ++threads_;
-    this->counters_.pool_threads.store(threads_, std::memory_order_relaxed);
+    this->counters_->pool_threads.store(threads_, std::memory_order_relaxed);
   }
 
   // Every worker is serving: start one more, up to max_pool_size (false when it cannot).
@@ -389,7 +389,7 @@ class ThreadPoolMixIn : public Base {
         return false;  // no thread to be had: the request waits in the queue
       }
       ++capacity_;
-      this->count(this->counters_.pool_grown);
+      this->count(this->counters_->pool_grown);
       return true;
     }
     return false;
@@ -401,7 +401,7 @@ class ThreadPoolMixIn : public Base {
       return false;
     --capacity_;
     --threads_;
-    this->counters_.pool_threads.store(threads_, std::memory_order_relaxed);
+    this->counters_->pool_threads.store(threads_, std::memory_order_relaxed);
     retiring_ = true;
     return true;
   }
@@ -428,7 +428,7 @@ class ThreadPoolMixIn : public Base {
         } else if (!pool->stopping_) {  // ended by its handler: one worker less
           --pool->threads_;
           if (pool->capacity_ > 1) --pool->capacity_;
-          pool->counters_.pool_threads.store(pool->threads_, std::memory_order_relaxed);
+          pool->counters_->pool_threads.store(pool->threads_, std::memory_order_relaxed);
         }
       }
     } leaving{this, slot, lock};
@@ -544,7 +544,7 @@ class ThreadPoolMixIn : public Base {
       return queue_.size() < std::max<std::size_t>(1, queue_size) || !accepting_ || stopping_;
     });
     queue_.push_back(job{std::move(request), client_address, detail::clock::now()});
-    this->count(this->counters_.queued);
+    this->count(this->counters_->queued);
     work_.notify_one();
   }
 
@@ -634,7 +634,7 @@ class ThreadPoolMixIn : public Base {
     std::lock_guard<std::mutex> lock(mutex_);
     slot_count_ = 0;  // (slots_ stays until the next start: nothing uses it any more)
     threads_ = 0;
-    this->counters_.pool_threads.store(0, std::memory_order_relaxed);
+    this->counters_->pool_threads.store(0, std::memory_order_relaxed);
   }
 
   // Closes requests that no worker will serve; they count as failed (all of them, also if

@@ -218,6 +218,9 @@ using FiberUnixStream = Kind<ss::fiber_unix_stream_server_t, true, AF_UNIX, Conc
 using FiberUnixDatagram =
     Kind<ss::fiber_unix_datagram_server_t, false, AF_UNIX, Concurrency::fiber>;
 
+/// UnixStream with PreforkMixIn (the other stream kinds have it already).
+using PreforkUnixStream = Kind<ss::unix_stream_server_t, true, AF_UNIX, Concurrency::sync>;
+
 /// Sends `message` to the server the way its kind needs and returns the reply: a stream
 /// client writes, shuts down its sending side and reads to end of stream; a datagram client
 /// sends one datagram and receives one.
@@ -242,3 +245,9 @@ std::string round_trip(const ss::address& server, const std::string& message, co
       test::ForkingTCP, test::ForkingUDP, test::ForkingUnixStream, test::ForkingUnixDatagram,     \
       test::PoolTCP, test::PoolUDP, test::PoolUnixStream, test::PoolUnixDatagram, test::FiberTCP, \
       test::FiberUDP, test::FiberUnixStream, test::FiberUnixDatagram
+
+/// The stream kinds of every worker type, for the prefork tests (serve_forever_workers()).
+#define SOCKETSERVER_PREFORK_STREAM_KINDS                                             \
+  test::TCP, test::PreforkUnixStream, test::ThreadingTCP, test::ThreadingUnixStream,  \
+      test::ForkingTCP, test::ForkingUnixStream, test::PoolTCP, test::PoolUnixStream, \
+      test::FiberTCP, test::FiberUnixStream
