@@ -12,6 +12,7 @@
 #include "socketserver/fibers.hpp"
 #include "socketserver/forking.hpp"
 #include "socketserver/handlers.hpp"
+#include "socketserver/handover.hpp"
 #include "socketserver/io.hpp"
 #include "socketserver/prefork.hpp"
 #include "socketserver/servers.hpp"

@@ -104,6 +104,19 @@ class any_server {
   /// The drain signal itself, which rfile and wfile watch.
   const detail::drain_signal& drain_state() const noexcept { return drain_signal_; }
 
+  /// Call after another process took over this server's listening socket
+  /// (hand_over_listeners()), before shutdown(): the socket is then left to it. drain() lets
+  /// the requests in flight finish but leaves the socket's backlog alone (the successor
+  /// serves it; a drain would stop it or take it), server_close() closes this process's
+  /// descriptor but leaves a Unix socket's file, and serving leaves the socket non-blocking
+  /// (the mode is the socket's, shared with the successor). Not while server_close() runs.
+  void socket_handed_over() noexcept {
+    handed_over_.store(true, std::memory_order_release);
+    owned_path_.clear();
+  }
+  /// True after socket_handed_over().
+  bool handed_over() const noexcept { return handed_over_.load(std::memory_order_acquire); }
+
   /// True while a thread is inside serve_forever().
   bool is_serving() const {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -230,6 +243,7 @@ class any_server {
   inline static thread_local const any_server* in_loop_hooks_ = nullptr;
   // The Unix socket file this server created and removes when it closes.
   std::string owned_path_;
+  std::atomic<bool> handed_over_{false};  // socket_handed_over()
 
   // fork() for a child that will serve: the serve/shutdown state is locked while the
   // process is copied, then the child gets its own wake-up descriptor and state (it serves

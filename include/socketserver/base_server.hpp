@@ -145,7 +145,8 @@ class BaseServer : public any_server {
     constexpr bool nothrow_get_request = detail::has_nothrow_get_request<Derived, Request>::value;
     const bool nonblocking_already = policy.socket_nonblocking();
     detail::nonblocking_scope nonblocking(
-        nothrow_get_request && detail::is_stream<Request> && !nonblocking_already ? listen_fd : -1);
+        nothrow_get_request && detail::is_stream<Request> && !nonblocking_already ? listen_fd : -1,
+        &handed_over_);
     const bool eager = nothrow_get_request && (!detail::is_stream<Request> || nonblocking_already ||
                                                nonblocking.nonblocking());
     struct hooks_turn {  // end_hooks_turn() may come early (process_request()): it ends once
@@ -176,11 +177,23 @@ class BaseServer : public any_server {
         for (pollfd& p : fds) p.revents = 0;
         if (took_work) exclusive.rotate();
         took_work = false;
-        if (fds[0].fd >= 0 && exclusive.active())
-          exclusive.wait(fds, 3, wait);
-        else
-          detail::poll_for(fds, 3, wait);
-        if (!policy.keep_going() || fds[2].revents != 0) break;  // bpo-35017: none after
+        const bool exclusively = fds[0].fd >= 0 && exclusive.active();
+        const int ready =
+            exclusively ? exclusive.wait(fds, 3, wait) : detail::poll_for(fds, 3, wait);
+        if (!policy.keep_going() || fds[2].revents != 0) {  // bpo-35017: none after
+          // An exclusive wake-up came to this waiter alone: a connection it left queued would
+          // wake no other (the other workers, or a successor the socket was handed to, see
+          // it with the next one only). A prefork worker told to stop takes it first.
+          if (exclusively && eager && fds[2].revents != 0 && (fds[0].revents & POLLIN) != 0 &&
+              std::is_same_v<std::decay_t<LoopPolicy>, one_loop>) {
+            hooks_turn turn(policy);
+            handle_request_noblock();
+          }
+          break;
+        }
+        // Should one be left all the same (a waiter that ended between its wake-up and its
+        // accept), look once per poll interval: one accept() that finds nothing.
+        if (exclusively && eager && ready == 0) fds[0].revents = POLLIN;
         if (fds[0].revents & POLLNVAL)
           throw std::system_error(EBADF, std::system_category(), "serve_forever");
       }
@@ -408,7 +421,7 @@ class BaseServer : public any_server {
   void drain_backlog(detail::clock::time_point deadline) {
     drain_signal_.start();
     const int fd = fileno();
-    if (Derived::socket_type != SOCK_STREAM || fd < 0) return;
+    if (Derived::socket_type != SOCK_STREAM || fd < 0 || handed_over()) return;
     const bool unix_socket = server_address.family() == AF_UNIX;
     if (unix_socket) {
       ::shutdown(fd, SHUT_RD);

@@ -94,7 +94,8 @@ class FiberMixIn : public Base {
     start_loops();
     const int fd = this->fileno();
     if (fd < 0) throw std::system_error(EBADF, std::system_category(), "serve_forever");
-    detail::nonblocking_scope nonblocking(detail::is_stream<request_type> ? fd : -1);
+    detail::nonblocking_scope nonblocking(detail::is_stream<request_type> ? fd : -1,
+                                          &this->handed_over_);
     // Accepted connections inherit the listening socket's timeouts (Linux): then each
     // connection's waits ask its socket (detail::fiber_loop::adopt()).
     listener_has_timeouts_ = this->socket.gettimeout().has_value();

@@ -98,7 +98,7 @@ class PreforkMixIn : public Base {
     // Non-blocking while the workers share it: a worker must not block in accept() after
     // another one took the connection it woke for.
     detail::nonblocking_scope nonblocking(
-        detail::is_stream<typename Base::request_type> ? this->fileno() : -1);
+        detail::is_stream<typename Base::request_type> ? this->fileno() : -1, &this->handed_over_);
     // The workers stop when this pipe's write end closes: on shutdown(), or when this process
     // dies.
     int stop_pipe[2];

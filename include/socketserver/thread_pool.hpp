@@ -172,7 +172,8 @@ class ThreadPoolMixIn : public Base {
     // Non-blocking for the whole run (not per leader), so that no leader can block in
     // accept() after another has put the flags back. (A datagram server's get_request()
     // never blocks.)
-    detail::nonblocking_scope nonblocking_socket(detail::is_stream<request_type> ? fd : -1);
+    detail::nonblocking_scope nonblocking_socket(detail::is_stream<request_type> ? fd : -1,
+                                                 &this->handed_over_);
     const bool nonblocking = !detail::is_stream<request_type> || nonblocking_socket.nonblocking();
     {
       std::lock_guard<std::mutex> lock(mutex_);

@@ -4,6 +4,8 @@
 
 #include <fcntl.h>  // fcntl, F_GETFL, F_SETFL, O_NONBLOCK
 
+#include <atomic>  // std::atomic
+
 namespace socketserver {
 namespace detail {
 
@@ -11,7 +13,11 @@ namespace detail {
 /// A descriptor that was non-blocking already is left alone.
 class nonblocking_scope {
  public:
-  explicit nonblocking_scope(int fd) noexcept {
+  /// `keep`, if given, says at the end whether to leave the descriptor non-blocking: a
+  /// socket handed over to another process that serves on it (the flag is the open
+  /// socket's, shared with that process).
+  explicit nonblocking_scope(int fd, const std::atomic<bool>* keep = nullptr) noexcept
+      : keep_(keep) {
     const int flags = fd >= 0 ? ::fcntl(fd, F_GETFL) : -1;
     if (flags < 0) return;  // not a descriptor: nothing to change or restore
     if ((flags & O_NONBLOCK) != 0) {
@@ -25,13 +31,15 @@ class nonblocking_scope {
   nonblocking_scope(const nonblocking_scope&) = delete;
   nonblocking_scope& operator=(const nonblocking_scope&) = delete;
   ~nonblocking_scope() {
-    if (fd_ >= 0) ::fcntl(fd_, F_SETFL, flags_);
+    if (fd_ >= 0 && (keep_ == nullptr || !keep_->load(std::memory_order_acquire)))
+      ::fcntl(fd_, F_SETFL, flags_);
   }
 
   /// Whether the descriptor is non-blocking now.
   bool nonblocking() const noexcept { return nonblocking_; }
 
  private:
+  const std::atomic<bool>* keep_ = nullptr;
   int fd_ = -1;  // the descriptor whose flags to restore
   int flags_ = 0;
   bool nonblocking_ = false;
