@@ -3,7 +3,7 @@
 // (issue 15), with and without the rotation of the exclusive wake-ups, in the same run.
 //
 //   prefork_balance [--kinds sync,threading,pool,fiber] [--workers 2,4] [--seconds S]
-//                   [--clients C] [--rotation both|on|off]
+//                   [--clients C] [--rotation both|on|off] [--md]
 //
 // For each kind of worker (TCPServer, ThreadingTCPServer, ThreadPoolTCPServer,
 // FiberTCPServer), each worker count and each rotation setting, a forked server process runs
@@ -14,6 +14,8 @@
 //   kind=threading workers=2 rotation=off load=50% rate=4012 errors=0 per_worker=3050,962
 //   max_min=3.17
 // per_worker is sorted, largest first; a worker that got nothing counts as 0 (max_min=inf).
+// With --md, a Markdown table follows (bench/run puts it in RESULTS.md): a row per kind,
+// worker count and load, rotation off and on side by side.
 // With rotation=off the library's exclusive waits keep their place in the listening socket's
 // wait queue (detail::exclusive_wait::rotation = false, set in the server process only):
 // the behaviour before issue 15.
@@ -217,22 +219,55 @@ std::vector<std::string> split(const std::string& s) {
   return out;
 }
 
-void report(const std::string& kind, std::size_t workers, bool rotation, const std::string& load,
-            const outcome& o) {
+struct row {
+  std::string kind, load;
+  std::size_t workers;
+  bool rotation;
+  outcome o;
+};
+std::vector<row> rows;
+
+std::string per_worker(const outcome& o, const char* separator) {
   std::string per;
-  for (long n : o.per_worker) per += (per.empty() ? "" : ",") + std::to_string(n);
+  for (long n : o.per_worker) per += (per.empty() ? "" : separator) + std::to_string(n);
+  return per;
+}
+
+std::string max_min(const outcome& o) {
   const long max = o.per_worker.front(), min = o.per_worker.back();
   char ratio[32];
   if (min > 0)
     std::snprintf(ratio, sizeof ratio, "%.2f", static_cast<double>(max) / static_cast<double>(min));
   else
     std::snprintf(ratio, sizeof ratio, "inf");
+  return ratio;
+}
+
+void report(const std::string& kind, std::size_t workers, bool rotation, const std::string& load,
+            const outcome& o) {
+  rows.push_back(row{kind, load, workers, rotation, o});
   std::printf(
       "kind=%s workers=%zu rotation=%s load=%s rate=%.0f errors=%ld per_worker=%s "
       "max_min=%s\n",
-      kind.c_str(), workers, rotation ? "on" : "off", load.c_str(), o.rate, o.errors, per.c_str(),
-      ratio);
+      kind.c_str(), workers, rotation ? "on" : "off", load.c_str(), o.rate, o.errors,
+      per_worker(o, ",").c_str(), max_min(o).c_str());
   std::fflush(stdout);
+}
+
+// Rotation off and on side by side, for RESULTS.md.
+void markdown() {
+  std::printf(
+      "\n| kind | workers | load | without: req/s | per worker | max/min | with: req/s "
+      "| per worker | max/min |\n|---|---|---|---|---|---|---|---|---|\n");
+  for (const row& off : rows) {
+    if (off.rotation) continue;
+    for (const row& on : rows)
+      if (on.rotation && on.kind == off.kind && on.workers == off.workers && on.load == off.load)
+        std::printf("| %s | %zu | %s | %.0f | %s | %s | %.0f | %s | **%s** |\n", off.kind.c_str(),
+                    off.workers, off.load.c_str(), off.o.rate, per_worker(off.o, " ").c_str(),
+                    max_min(off.o).c_str(), on.o.rate, per_worker(on.o, " ").c_str(),
+                    max_min(on.o).c_str());
+  }
 }
 
 }  // namespace
@@ -243,8 +278,13 @@ int main(int argc, char** argv) {
   std::vector<bool> rotations = {false, true};
   double seconds = 2;
   int clients = 32;
+  bool md = false;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
+    if (arg == "--md") {
+      md = true;
+      continue;
+    }
     if (i + 1 >= argc) die("missing value after " + arg);
     const std::string value = argv[++i];
     if (arg == "--kinds") {
@@ -279,5 +319,6 @@ int main(int argc, char** argv) {
         }
         stop(server);
       }
+  if (md) markdown();
   return 0;
 }
