@@ -100,6 +100,34 @@ TEST_CASE("a successor that never gets ready is killed, and the server serves on
   CHECK(std::getenv(ss::handover_variable) == nullptr);  // this process's own is untouched
 }
 
+TEST_CASE("after socket_handed_over(), drain() and server_close() leave the socket to its holder",
+          "[handover]") {
+  test::TempDir dir;
+  const std::string path = dir.file("handed.sock");
+  ss::UnixStreamServer<Echo> old_server(path);
+  // The successor's descriptor for the same socket (as hand_over_listeners() passes it).
+  const int successor_fd = ::fcntl(old_server.fileno(), F_DUPFD_CLOEXEC, 0);
+  REQUIRE(successor_fd >= 0);
+  {
+    test::Serving<decltype(old_server)> serving(old_server);
+    CHECK(ask(old_server.server_address, "before\n") == "echo before\n");
+    old_server.socket_handed_over();
+  }  // serving ends: the successor serves on, so the socket stays non-blocking
+  CHECK((::fcntl(successor_fd, F_GETFL) & O_NONBLOCK) != 0);
+  // A connection queued now is the successor's: drain() neither serves it nor refuses it.
+  ss::socket client = test::connect_to(old_server.server_address);
+  client.sendall("queued\n");
+  client.shutdown(SHUT_WR);
+  CHECK(old_server.drain(std::chrono::seconds(5)) == 0);
+  CHECK(old_server.stats().accepted == 1);  // "before" only
+  CHECK(old_server.fileno() < 0);
+  CHECK(test::file_exists(path));  // its file stays too
+  ss::UnixStreamServer<Echo> successor(ss::address(), false);
+  successor.adopt_socket(successor_fd);
+  successor.handle_request();
+  CHECK(test::recv_all(client) == "echo queued\n");
+}
+
 #if defined(UPGRADE_IN_PLACE)
 namespace {
 
