@@ -2,11 +2,11 @@
 // The ThreadingMixIn example from Python's socketserver documentation: a server that
 // handles each request in a new thread, three clients, then shutdown.
 // Usage: threaded_tcp_server     (binds localhost, port 0: any free port)
-#include <pthread.h>
 #include <sys/socket.h>
 
 #include <cstdio>
 #include <exception>
+#include <functional>
 #include <string>
 #include <thread>
 
@@ -16,7 +16,9 @@ namespace {
 
 std::string thread_name() {
   char name[32];
-  std::snprintf(name, sizeof name, "Thread-%lx", static_cast<unsigned long>(pthread_self()));
+  // A number for this thread (pthread_t is an integer on Linux, a pointer on macOS).
+  std::snprintf(name, sizeof name, "Thread-%zx",
+                std::hash<std::thread::id>{}(std::this_thread::get_id()));
   return name;
 }
 

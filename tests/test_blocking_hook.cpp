@@ -23,7 +23,8 @@ struct Pair {
   ss::socket a, b;
   Pair() {
     int fds[2];
-    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0)
+    if (::socketpair(AF_UNIX, SOCK_STREAM, 0, fds) != 0 ||
+        !ss::detail::set_fd_flags(fds[0], false) || !ss::detail::set_fd_flags(fds[1], false))
       throw std::system_error(errno, std::system_category(), "socketpair");
     a = ss::socket(fds[0]);
     b = ss::socket(fds[1]);

@@ -569,7 +569,7 @@ using PoolUnixDatagram = test::Kind<ss::thread_pool_unix_datagram_server_t, fals
 // reaches the handler).
 void close_inherited_descriptors(int keep) {
   std::vector<int> open;
-  if (DIR* d = ::opendir("/proc/self/fd")) {
+  if (DIR* d = test::open_fd_directory()) {
     const int own = ::dirfd(d);
     while (dirent* e = ::readdir(d)) {
       const int fd = std::atoi(e->d_name);

@@ -28,7 +28,9 @@
 #include <pthread.h>
 #include <signal.h>
 #include <sys/socket.h>
-#include <sys/syscall.h>
+#if defined(__linux__)
+#  include <sys/syscall.h>  // SYS_pidfd_open
+#endif
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -169,7 +171,7 @@ std::string current_exception_text() {
 // In a forked child: closes every descriptor but stdio and `keep`.
 void close_inherited_descriptors(std::initializer_list<int> keep) {
   std::vector<int> open;
-  if (DIR* d = ::opendir("/proc/self/fd")) {
+  if (DIR* d = test::open_fd_directory()) {
     const int own = ::dirfd(d);
     while (dirent* e = ::readdir(d)) {
       if (e->d_name[0] == '.') continue;

@@ -53,7 +53,7 @@ struct Pipe {
   int read_end = -1, write_end = -1;
   Pipe() {
     int fds[2];
-    REQUIRE(::pipe2(fds, O_CLOEXEC) == 0);
+    REQUIRE(ss::detail::open_pipe(fds, false) == 0);
     read_end = fds[0];
     write_end = fds[1];
   }

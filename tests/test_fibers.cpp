@@ -138,6 +138,7 @@ struct Waiter : ss::StreamRequestHandler<> {
 
 TEST_CASE("one loop thread holds hundreds of connections waiting in their handlers at once",
           "[fibers]") {
+  SOCKETSERVER_REQUIRE_THREAD_COUNT();
   constexpr int kClients = 300;
   test::Counter arrived;
   Waiter::arrived = &arrived;

@@ -74,7 +74,7 @@ std::string read_all_quietly(const ss::socket& c) {
 class Release {
  public:
   Release() {
-    if (::pipe2(fds_, O_CLOEXEC) != 0)
+    if (ss::detail::open_pipe(fds_, false) != 0)
       throw std::system_error(errno, std::system_category(), "pipe");
   }
   Release(const Release&) = delete;

@@ -123,6 +123,7 @@ void drain_accept_queue(Server& server) {
 
 TEMPLATE_TEST_CASE("thousands of requests leave no descriptor, thread or child behind",
                    "[hygiene][long]", SOCKETSERVER_ALL_KINDS) {
+  SOCKETSERVER_REQUIRE_THREAD_COUNT();
   using K = TestType;
   const int requests = request_count<K>();
   test::TempDir dir;

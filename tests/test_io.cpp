@@ -45,7 +45,8 @@ struct Pair {
 
 Pair socket_pair() {
   int fds[2];
-  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0)
+  if (::socketpair(AF_UNIX, SOCK_STREAM, 0, fds) != 0 || !ss::detail::set_fd_flags(fds[0], false) ||
+      !ss::detail::set_fd_flags(fds[1], false))
     throw std::system_error(errno, std::system_category(), "socketpair");
   Pair p{ss::socket(fds[0]), ss::socket(fds[1])};
   p.in.settimeout(std::chrono::seconds(20));  // a test that would hang fails instead
@@ -1031,7 +1032,7 @@ TEST_CASE("writing to a peer that has gone raises std::system_error and never SI
     REQUIRE(::bind(listener.fileno(), any.data(), any.size()) == 0);
     REQUIRE(::listen(listener.fileno(), 1) == 0);
     ss::socket client = test::connect_to(listener.getsockname());
-    ss::socket peer(::accept4(listener.fileno(), nullptr, nullptr, SOCK_CLOEXEC));
+    ss::socket peer(ss::detail::accept_socket(listener.fileno(), nullptr, nullptr));
     REQUIRE(peer.is_open());
     peer.setsockopt(SOL_SOCKET, SO_LINGER, linger{1, 0});
     peer.close();  // sends RST

@@ -253,7 +253,7 @@ std::map<std::string, std::string> parse_report(const std::string& text) {
 template <class F>
 std::string run_in_child(F body) {
   int fds[2];
-  REQUIRE(::pipe2(fds, O_CLOEXEC) == 0);
+  REQUIRE(ss::detail::open_pipe(fds, false) == 0);
   std::fflush(nullptr);
   const pid_t pid = ::fork();
   REQUIRE(pid >= 0);
@@ -318,7 +318,7 @@ class SignalStorm {
  public:
   SignalStorm() {
     int fds[2];
-    if (::pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0)
+    if (ss::detail::open_pipe(fds, true) != 0)
       throw std::system_error(errno, std::system_category(), "pipe2");
     read_fd_ = fds[0];
     write_fd_ = fds[1];

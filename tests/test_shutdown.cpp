@@ -3,7 +3,9 @@
 // starting, lets a server serve again, refuses to deadlock from the serving thread, and
 // leaves requests in flight on a threading server to finish (CPython's test_shutdown,
 // bpo-2302, bpo-39797; the reference's section 1.4).
-#include <sys/syscall.h>
+#if defined(__linux__)
+#  include <sys/syscall.h>  // SYS_gettid, SYS_poll, SYS_ppoll
+#endif
 #include <unistd.h>
 
 #include <chrono>
@@ -38,6 +40,7 @@ struct Echo : handler_base_t<K, Server> {
   void handle() { this->wfile.write(this->rfile.read()); }
 };
 
+#if defined(__linux__)
 long current_tid() { return static_cast<long>(::syscall(SYS_gettid)); }
 
 /// True if thread `tid` of this process is blocked in poll()/ppoll() (Linux /proc).
@@ -45,11 +48,15 @@ bool blocked_in_poll(long tid) {
   std::ifstream in("/proc/self/task/" + std::to_string(tid) + "/syscall");
   long number = -1;
   if (!(in >> number)) return false;  // "running", or no such file
-#if defined(SYS_poll)
+#  if defined(SYS_poll)
   if (number == SYS_poll) return true;
-#endif
+#  endif
   return number == SYS_ppoll;
 }
+#else
+long current_tid() { return 0; }
+bool blocked_in_poll(long) { return false; }  // no /proc: the wake-up is checked less strictly
+#endif
 
 /// Waits (at most 10 s) until thread `tid` is blocked in poll; false if never seen.
 bool wait_until_blocked_in_poll(long tid) {

@@ -74,6 +74,7 @@ socketserver::socket send_line(const socketserver::address& to, const std::strin
 
 TEMPLATE_TEST_CASE("a thread pool server echoes", "[thread_pool]", PoolTCP, PoolUDP, PoolUnixStream,
                    PoolUnixDatagram) {
+  SOCKETSERVER_REQUIRE_THREAD_COUNT();
   using K = TestType;
   using Echo = std::conditional_t<K::stream, StreamEcho, DatagramEcho>;
   test::TempDir dir;
@@ -397,6 +398,7 @@ struct KeepAliveEcho : socketserver::StreamRequestHandler<> {
 }  // namespace
 
 TEST_CASE("a pool grows past idle connections and shrinks back when idle", "[thread_pool]") {
+  SOCKETSERVER_REQUIRE_THREAD_COUNT();
   socketserver::ThreadPoolTCPServer<KeepAliveEcho> server({"127.0.0.1", 0});
   server.pool_size = 2;
   server.max_pool_size = 4;

@@ -46,7 +46,8 @@ class address {
     name_port_ = static_cast<std::uint16_t>(port);
   }
 
-  /// A Unix socket path. A leading '\0' names Linux's abstract namespace.
+  /// A Unix socket path. A leading '\0' names Linux's abstract namespace (elsewhere it is an
+  /// error: std::errc::address_family_not_supported).
   /// @throws std::system_error (ENAMETOOLONG) if the path does not fit in sockaddr_un.
   address(std::string_view path) : address() {  // NOLINT: implicit, like Python's str
     sockaddr_un un{};
@@ -54,6 +55,16 @@ class address {
     // (leading '\0') is counted by length and may fill it. "" asks the kernel to pick a
     // unique abstract name when bound (Linux's autobind), as in Python.
     const bool abstract = !path.empty() && path[0] == '\0';
+#if !defined(__linux__)
+    if (abstract) {
+      std::string shown(path);
+      shown[0] = '@';
+      throw std::system_error(
+          std::make_error_code(std::errc::address_family_not_supported),
+          "AF_UNIX abstract name " + shown +
+              ": the abstract namespace (a leading '\\0') exists on Linux only");
+    }
+#endif
     if (path.size() > sizeof un.sun_path - (abstract ? 0 : 1)) {
       std::string shown(path);
       if (abstract) shown[0] = '@';

@@ -426,7 +426,7 @@ class BaseServer : public any_server {
     if (unix_socket) {
       ::shutdown(fd, SHUT_RD);
     } else {
-#if defined(__linux__)
+#if defined(__linux__)  // also in the portable mode: no other system has a replacement
       // Accept everything but a SYN (flags & (SYN|ACK)) == SYN: the final ACK of a handshake
       // under way still completes its connection. The filter sees the TCP header at 0.
       sock_filter code[] = {BPF_STMT(BPF_LD | BPF_B | BPF_ABS, 13),

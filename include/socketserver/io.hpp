@@ -3,7 +3,7 @@
 #pragma once
 
 #include <netinet/in.h>   // IPPROTO_TCP
-#include <netinet/tcp.h>  // TCP_CORK
+#include <netinet/tcp.h>  // TCP_CORK, TCP_NOPUSH
 #include <poll.h>         // POLLIN, POLLOUT
 
 #include <algorithm>     // std::max, std::min
@@ -27,6 +27,20 @@
 #include "socket.hpp"
 
 namespace socketserver {
+namespace detail {
+
+/// The option that holds back partial segments until uncorked: Linux's TCP_CORK, or the
+/// BSDs' and macOS's TCP_NOPUSH (which sends them on close as well); -1 where neither exists.
+constexpr int tcp_cork_option =
+#if defined(TCP_CORK)
+    TCP_CORK;
+#elif defined(TCP_NOPUSH)
+    TCP_NOPUSH;
+#else
+    -1;
+#endif
+
+}  // namespace detail
 
 /// A buffered reader over a connected socket, or over bytes already in memory (a datagram):
 /// Python's rfile. Results do not depend on how the peer's bytes were split across recv()
@@ -383,7 +397,9 @@ class reader {
   bool corked() const noexcept {
     int on = 0;
     socklen_t len = sizeof on;
-    return ::getsockopt(sock_.fileno(), IPPROTO_TCP, TCP_CORK, &on, &len) == 0 && on != 0;
+    return detail::tcp_cork_option >= 0 &&
+           ::getsockopt(sock_.fileno(), IPPROTO_TCP, detail::tcp_cork_option, &on, &len) == 0 &&
+           on != 0;
   }
 
   using clock = detail::clock;
@@ -494,7 +510,8 @@ class writer {
     if (drain_ != nullptr && !corked_ && drain_->started()) {
       corked_ = true;  // once; a Unix socket has no cork (then nothing to do)
       const int on = 1;
-      (void)::setsockopt(sock_.fileno(), IPPROTO_TCP, TCP_CORK, &on, sizeof on);
+      if (detail::tcp_cork_option >= 0)
+        (void)::setsockopt(sock_.fileno(), IPPROTO_TCP, detail::tcp_cork_option, &on, sizeof on);
     }
     if (!timeout_ || timeout_->count() <= 0) {
       sock_.sendall(data);

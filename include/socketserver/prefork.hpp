@@ -3,12 +3,11 @@
 // under a supervisor that replaces the workers that die.
 #pragma once
 
-#include <fcntl.h>      // O_CLOEXEC
 #include <poll.h>       // pollfd, POLLIN
 #include <sys/mman.h>   // mmap, munmap, MAP_SHARED, MAP_ANONYMOUS
 #include <sys/types.h>  // pid_t
 #include <sys/wait.h>   // waitpid, WNOHANG
-#include <unistd.h>     // pipe2, getpid, _exit
+#include <unistd.h>     // getpid, _exit
 
 #include <algorithm>     // std::min
 #include <chrono>        // std::chrono
@@ -102,7 +101,7 @@ class PreforkMixIn : public Base {
     // The workers stop when this pipe's write end closes: on shutdown(), or when this process
     // dies.
     int stop_pipe[2];
-    if (::pipe2(stop_pipe, O_CLOEXEC) < 0) detail::throw_errno("pipe");
+    if (detail::open_pipe(stop_pipe, false) < 0) detail::throw_errno("pipe");
     socketserver::socket stop_read(stop_pipe[0]), stop_write(stop_pipe[1]);
 
     using detail::clock;

@@ -19,6 +19,7 @@
 #include "address.hpp"
 #include "detail/blocking.hpp"
 #include "detail/errno.hpp"
+#include "detail/fd.hpp"    // open_socket
 #include "detail/time.hpp"  // optional_seconds
 
 namespace socketserver {
@@ -27,9 +28,9 @@ namespace socketserver {
 using timeout_type = detail::optional_seconds;
 
 /// A socket file descriptor it does not own, with the methods of Python's socket object.
-/// Sends never raise SIGPIPE (MSG_NOSIGNAL); calls interrupted by a signal are retried.
-/// Throwing methods raise std::system_error; a receive that hits the timeout set by
-/// settimeout() raises one with std::errc::timed_out.
+/// Sends never raise SIGPIPE (MSG_NOSIGNAL, and SO_NOSIGPIPE where the system has it); calls
+/// interrupted by a signal are retried. Throwing methods raise std::system_error; a receive
+/// that hits the timeout set by settimeout() raises one with std::errc::timed_out.
 class socket_view {
  public:
   /// A view of no socket (fileno() is -1).
@@ -75,7 +76,7 @@ class socket_view {
   /// The same without exceptions: on failure `ec` is set and 0 returned.
   std::size_t send(std::string_view data, int flags, std::error_code& ec) const noexcept {
     ssize_t sent = detail::blocking_io(fd_, POLLOUT, flags, [&](int f) {
-      return ::send(fd_, data.data(), data.size(), f | MSG_NOSIGNAL);
+      return ::send(fd_, data.data(), data.size(), f | detail::msg_nosignal);
     });
     return finish_io(sent, flags, ec);
   }
@@ -101,7 +102,8 @@ class socket_view {
   /// @throws std::system_error naming the address if sendto() fails.
   std::size_t sendto(std::string_view data, const address& to, int flags = 0) const {
     ssize_t sent = detail::blocking_io(fd_, POLLOUT, flags, [&](int f) {
-      return ::sendto(fd_, data.data(), data.size(), f | MSG_NOSIGNAL, to.data(), to.size());
+      return ::sendto(fd_, data.data(), data.size(), f | detail::msg_nosignal, to.data(),
+                      to.size());
     });
     std::error_code ec;
     std::size_t n = finish_io(sent, flags, ec);
@@ -248,10 +250,11 @@ class socket : public socket_view {
   socket() noexcept = default;
   /// Takes ownership of fd.
   explicit socket(int fd) noexcept : socket_view(fd) {}
-  /// Python's `socket.socket(family, type, proto)`: creates a socket (close-on-exec).
+  /// Python's `socket.socket(family, type, proto)`: creates a socket (close-on-exec;
+  /// SO_NOSIGPIPE where the system has it).
   /// @throws std::system_error if socket() fails.
   socket(int family, int type, int protocol = 0) {
-    fd_ = ::socket(family, type | SOCK_CLOEXEC, protocol);
+    fd_ = detail::open_socket(family, type, protocol);
     if (fd_ < 0) detail::throw_errno("socket");
   }
   /// Takes over other's descriptor; other is left closed.

@@ -2,7 +2,7 @@
 // basic_tcp_server: Python's TCPServer (stream sockets; the base of the other servers).
 #pragma once
 
-#include <sys/socket.h>  // bind, listen, accept4, AF_*, SOCK_*, SO_REUSEADDR, SO_REUSEPORT
+#include <sys/socket.h>  // bind, listen, AF_*, SOCK_*, SO_REUSEADDR, SO_REUSEPORT
 #include <sys/stat.h>    // lstat, S_ISSOCK
 #include <unistd.h>      // unlink, close
 
@@ -13,6 +13,7 @@
 #include "address.hpp"
 #include "base_server.hpp"
 #include "detail/errno.hpp"
+#include "detail/fd.hpp"  // open_socket, accept_socket
 #include "socket.hpp"
 #include "strict_bool.hpp"
 
@@ -42,7 +43,7 @@ inline bool remove_stale_unix_socket(const address& where, int socket_type) noex
     return false;
   // Non-blocking: a live server whose backlog is full answers EAGAIN instead of making the
   // probe wait. Only a refusal means nobody is there.
-  const int probe = ::socket(AF_UNIX, socket_type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  const int probe = detail::open_socket(AF_UNIX, socket_type, 0, true);
   if (probe < 0) return false;
   const bool refused = ::connect(probe, where.data(), where.size()) < 0 && errno == ECONNREFUSED;
   ::close(probe);
@@ -122,7 +123,13 @@ class basic_tcp_server : public BaseServer<Derived, Handler, Request> {
     if (Derived::allow_reuse_address) this->socket.setsockopt(SOL_SOCKET, SO_REUSEADDR, 1);
     if (Derived::allow_reuse_port &&
         (Derived::address_family == AF_INET || Derived::address_family == AF_INET6))
+#if defined(SO_REUSEPORT_LB)
+      // FreeBSD: SO_REUSEPORT there lets only the last socket bound receive; _LB spreads
+      // connections over every socket, as Linux's SO_REUSEPORT does.
+      this->socket.setsockopt(SOL_SOCKET, SO_REUSEPORT_LB, 1);
+#else
       this->socket.setsockopt(SOL_SOCKET, SO_REUSEPORT, 1);
+#endif
     const address target =
         resolve_passive(this->server_address, Derived::address_family, Derived::socket_type);
     if (target.family() != Derived::address_family)
@@ -165,7 +172,7 @@ class basic_tcp_server : public BaseServer<Derived, Handler, Request> {
   bool get_request(Request& request, address& client_address, std::error_code& ec) {
     socklen_t len = address::capacity();
     const int fd = detail::retry_on_eintr(
-        [&] { return ::accept4(this->fileno(), client_address.data(), &len, SOCK_CLOEXEC); });
+        [&] { return detail::accept_socket(this->fileno(), client_address.data(), &len); });
     if (fd < 0) {
       ec = detail::last_error();
       return false;

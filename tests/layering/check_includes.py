@@ -12,6 +12,7 @@ import re
 import sys
 
 LAYERS = [
+    ("detail: platform", ["detail/platform.hpp"]),
     ("detail: time, errno", ["detail/time.hpp", "detail/errno.hpp", "detail/fd.hpp",
                              "detail/process.hpp", "detail/exceptions.hpp",
                              "detail/proxy_protocol.hpp"]),

@@ -61,7 +61,7 @@ std::atomic<bool> running{true};
 std::atomic<long> answered{0}, refused{0}, lost{0};
 
 int connect_to(int port) {  // -1: refused (or not there yet)
-  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in a{};
   a.sin_family = AF_INET;
   a.sin_port = htons(static_cast<unsigned short>(port));
@@ -87,7 +87,11 @@ bool ask(int fd, const std::string& line) {
 
 // The server ended the connection (FIN or reset already here): refused before sending.
 bool ended(int fd) {
+#if defined(POLLRDHUP)
   pollfd p{fd, POLLIN | POLLRDHUP, 0};
+#else
+  pollfd p{fd, POLLIN, 0};
+#endif
   if (::poll(&p, 1, 0) <= 0) return false;
   char c;
   return ::recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) <= 0;

@@ -18,6 +18,7 @@
 #include <utility>
 
 #include <socketserver.hpp>
+#include <socketserver/detail/fd.hpp>  // open_pipe, set_fd_flags, accept_socket
 
 namespace test {
 
@@ -122,10 +123,17 @@ class Serving {
   std::thread thread_;
 };
 
+/// The directory that lists this process's descriptors: Linux's /proc/self/fd, else /dev/fd
+/// (macOS, and the BSDs with fdescfs mounted). nullptr if neither opens.
+inline DIR* open_fd_directory() {
+  if (DIR* d = ::opendir("/proc/self/fd")) return d;
+  return ::opendir("/dev/fd");
+}
+
 /// How many descriptors this process has open.
 inline int open_fd_count() {
   int n = 0;
-  if (DIR* d = ::opendir("/proc/self/fd")) {
+  if (DIR* d = open_fd_directory()) {
     while (dirent* e = ::readdir(d))
       if (e->d_name[0] != '.') ++n;
     ::closedir(d);
@@ -153,7 +161,21 @@ bool eventually(F done, std::chrono::milliseconds limit = std::chrono::seconds(2
   return true;
 }
 
-/// How many threads this process has.
+/// Whether thread_count() can count: it reads Linux's /proc/self/task.
+inline bool can_count_threads() {
+  DIR* d = ::opendir("/proc/self/task");
+  if (d != nullptr) ::closedir(d);
+  return d != nullptr;
+}
+
+// Skips a test case that counts threads where the system does not let it (no /proc).
+#define SOCKETSERVER_REQUIRE_THREAD_COUNT()                                               \
+  do {                                                                                    \
+    if (!test::can_count_threads())                                                       \
+      SOCKETSERVER_SKIP("this system has no /proc/self/task: threads cannot be counted"); \
+  } while (false)
+
+/// How many threads this process has (see can_count_threads()).
 inline int thread_count() {
   int n = 0;
   if (DIR* d = ::opendir("/proc/self/task")) {

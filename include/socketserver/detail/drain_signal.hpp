@@ -7,17 +7,17 @@
 // (release_waiters(), through the connection's boundary_watch).
 #pragma once
 
-#include <fcntl.h>       // O_CLOEXEC, O_NONBLOCK
 #include <poll.h>        // poll, pollfd, POLLIN
 #include <sys/socket.h>  // shutdown, SHUT_RD
 #include <sys/stat.h>    // fstat, struct stat
-#include <unistd.h>      // pipe2, write, close
+#include <unistd.h>      // write, close
 
 #include <atomic>  // std::atomic
 #include <mutex>   // std::mutex, std::lock_guard
 #include <thread>  // std::this_thread::yield
 
 #include "errno.hpp"
+#include "fd.hpp"  // open_pipe
 #include "time.hpp"
 
 namespace socketserver {
@@ -79,7 +79,7 @@ class drain_signal {
  public:
   drain_signal() {
     int fds[2];
-    if (::pipe2(fds, O_CLOEXEC | O_NONBLOCK) < 0) throw_errno("pipe");
+    if (open_pipe(fds, true) < 0) throw_errno("pipe");
     read_fd_ = fds[0];
     write_fd_ = fds[1];
     struct stat st;

@@ -13,7 +13,9 @@
 
 #include <poll.h>    // pollfd, POLLIN, POLLHUP, POLLERR
 #include <unistd.h>  // close
-#if defined(__linux__)
+
+#include "platform.hpp"  // SOCKETSERVER_LINUX_CALLS
+#if defined(SOCKETSERVER_LINUX_CALLS)
 #  include <sys/epoll.h>  // epoll_create1, epoll_ctl, epoll_wait, EPOLLEXCLUSIVE
 #endif
 
@@ -32,7 +34,7 @@ class exclusive_wait {
   /// Watches fds[0] (a shared socket: exclusive wake-ups) and fds[1..count) (wake-up and
   /// stop descriptors: every waiter sees them). Inactive unless `enable` and fds[0].fd >= 0.
   exclusive_wait(const pollfd* fds, int count, bool enable) {
-#if defined(__linux__) && defined(EPOLLEXCLUSIVE)
+#if defined(SOCKETSERVER_LINUX_CALLS) && defined(EPOLLEXCLUSIVE)
     if (!enable || fds[0].fd < 0) return;
     epoll_fd_ = ::epoll_create1(EPOLL_CLOEXEC);
     if (epoll_fd_ < 0) return;
@@ -77,7 +79,7 @@ class exclusive_wait {
   /// Like poll_for() on the descriptors given to the constructor: sets their revents and
   /// returns how many are ready (0 on timeout). Signals are retried with the time left.
   int wait(pollfd* fds, int count, optional_seconds timeout) {
-#if defined(__linux__) && defined(EPOLLEXCLUSIVE)
+#if defined(SOCKETSERVER_LINUX_CALLS) && defined(EPOLLEXCLUSIVE)
     const auto deadline = deadline_after(timeout);
     for (int i = 0; i < count; ++i) fds[i].revents = 0;
     epoll_event events[4];

@@ -21,10 +21,14 @@
 #include <system_error>  // std::system_error
 #include <vector>        // std::vector
 
-#include "errno.hpp"  // throw_errno
+#include "errno.hpp"     // throw_errno
+#include "platform.hpp"  // SOCKETSERVER_LINUX_CALLS
 
+#if defined(SOCKETSERVER_PORTABLE) && !defined(SOCKETSERVER_FIBER_POLL)
+#  define SOCKETSERVER_FIBER_POLL 1  // the portable build tests the poll() backend
+#endif
 #if !defined(SOCKETSERVER_FIBER_POLL)
-#  if defined(__linux__)
+#  if defined(SOCKETSERVER_LINUX_CALLS)
 #    include <sys/epoll.h>  // epoll_create1, epoll_ctl, epoll_wait
 #    define SOCKETSERVER_FIBER_EPOLL 1
 #  elif defined(__APPLE__) || defined(__FreeBSD__) || defined(__OpenBSD__) || \

@@ -11,6 +11,7 @@
 
 #include "blocking.hpp"  // before_blocking
 #include "errno.hpp"     // throw_errno
+#include "platform.hpp"  // SOCKETSERVER_LINUX_CALLS
 #include "time.hpp"      // clock, optional_seconds
 
 namespace socketserver {
@@ -47,8 +48,8 @@ inline int poll_once(pollfd* fds, nfds_t count, clock::time_point deadline) noex
     }
   }
   if (deadline == clock::time_point::max()) return ::poll(fds, count, -1);
+#if defined(SOCKETSERVER_LINUX_CALLS)
   const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(time_left(deadline));
-#if defined(__linux__)
   const timespec ts{static_cast<time_t>(ns.count() / 1000000000),
                     static_cast<long>(ns.count() % 1000000000)};
   return ::ppoll(fds, count, &ts, nullptr);

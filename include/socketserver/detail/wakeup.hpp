@@ -3,15 +3,17 @@
 // instead of waiting for the poll interval (CPython's 0.5 s).
 #pragma once
 
-#include <fcntl.h>   // O_CLOEXEC, O_NONBLOCK
-#include <unistd.h>  // read, write, close, pipe2
-#if defined(__linux__)
+#include <unistd.h>  // read, write, close
+
+#include "platform.hpp"  // SOCKETSERVER_LINUX_CALLS
+#if defined(SOCKETSERVER_LINUX_CALLS)
 #  include <sys/eventfd.h>  // eventfd
 #endif
 
 #include <cstdint>  // std::uint64_t
 
 #include "errno.hpp"  // throw_errno, retry_on_eintr
+#include "fd.hpp"     // open_pipe
 
 namespace socketserver {
 namespace detail {
@@ -49,12 +51,12 @@ class wakeup {
 
  private:
   void open() {
-#if defined(__linux__)
+#if defined(SOCKETSERVER_LINUX_CALLS)
     read_fd_ = write_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (read_fd_ < 0) throw_errno("eventfd");
 #else
     int fds[2];
-    if (::pipe2(fds, O_CLOEXEC | O_NONBLOCK) < 0) throw_errno("pipe");
+    if (open_pipe(fds, true) < 0) throw_errno("pipe");
     read_fd_ = fds[0];
     write_fd_ = fds[1];
 #endif
