@@ -124,8 +124,8 @@ class basic_tcp_server : public BaseServer<Derived, Handler, Request> {
     if (Derived::allow_reuse_port &&
         (Derived::address_family == AF_INET || Derived::address_family == AF_INET6))
 #if defined(SO_REUSEPORT_LB)
-      // FreeBSD: SO_REUSEPORT there lets only the last socket bound receive; _LB spreads
-      // connections over every socket, as Linux's SO_REUSEPORT does.
+      // FreeBSD: its SO_REUSEPORT lets the sockets share the port without spreading the
+      // connections over them; SO_REUSEPORT_LB spreads them, as Linux's SO_REUSEPORT does.
       this->socket.setsockopt(SOL_SOCKET, SO_REUSEPORT_LB, 1);
 #else
       this->socket.setsockopt(SOL_SOCKET, SO_REUSEPORT, 1);
