@@ -506,7 +506,8 @@ class ThreadPoolMixIn : public Base {
   // server stops accepting, or when a worker beyond pool_size retires waiting for one.
   bool take_lane() {
     std::unique_lock<std::mutex> lock(mutex_);  // accepting_ changes only under it
-    return lanes_.take(lock, idle_deadline(), [this] { return retire(); });
+    return lanes_.take(
+        lock, [this] { return idle_deadline(); }, [this] { return retire(); });
   }
 
   struct lane_policy {  // how a leader runs serve_loop() (see BaseServer::one_loop)

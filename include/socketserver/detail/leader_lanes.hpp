@@ -129,9 +129,12 @@ class leader_lanes {
 
   /// Waits (under `lock`, on the pool's mutex) for a free lane and takes it: this thread
   /// leads. False, without one, once the server stops accepting, or when give_up() says so
-  /// after a wait that reached `idle_until` (a worker beyond pool_size retiring).
-  template <class GiveUp>
-  bool take(std::unique_lock<std::mutex>& lock, clock::time_point idle_until, GiveUp&& give_up) {
+  /// after a wait that reached idle_until() (a worker beyond pool_size retiring). The
+  /// deadline is asked for again after each wait: one that give_up() declined has passed,
+  /// and waiting for it again would spin on the mutex (on musl the spin kept every other
+  /// thread off it).
+  template <class IdleUntil, class GiveUp>
+  bool take(std::unique_lock<std::mutex>& lock, IdleUntil&& idle_until, GiveUp&& give_up) {
     for (;;) {
       if (!accepting_) {
         freed_.notify_all();  // serve_forever() may wait for a lane this thread just parked
@@ -146,7 +149,7 @@ class leader_lanes {
           return true;
         }
       }
-      if (!wait_idle(freed_, lock, idle_until) && give_up()) return false;
+      if (!wait_idle(freed_, lock, idle_until()) && give_up()) return false;
     }
   }
 
