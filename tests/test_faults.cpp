@@ -75,8 +75,8 @@ class Reports {
  public:
   Reports() {
     int fds[2];
-    if (::pipe2(fds, O_CLOEXEC) != 0)
-      throw std::system_error(errno, std::system_category(), "pipe2");
+    if (ss::detail::open_pipe(fds, false) != 0)
+      throw std::system_error(errno, std::system_category(), "pipe");
     read_fd_ = fds[0];
     write_fd_ = fds[1];
   }
@@ -189,7 +189,8 @@ bool sigpipe_would_kill() {
   ::sigaction(SIGPIPE, nullptr, &action);
   sigset_t blocked;
   ::pthread_sigmask(SIG_BLOCK, nullptr, &blocked);
-  return action.sa_handler == SIG_DFL && !::sigismember(&blocked, SIGPIPE);
+  // sigismember is a macro on macOS: not ::sigismember.
+  return action.sa_handler == SIG_DFL && !sigismember(&blocked, SIGPIPE);
 }
 
 // --- The server: any kind, with reporting hooks -------------------------------------------------

@@ -319,7 +319,7 @@ class SignalStorm {
   SignalStorm() {
     int fds[2];
     if (ss::detail::open_pipe(fds, true) != 0)
-      throw std::system_error(errno, std::system_category(), "pipe2");
+      throw std::system_error(errno, std::system_category(), "pipe");
     read_fd_ = fds[0];
     write_fd_ = fds[1];
     g_signal_pipe = write_fd_;
