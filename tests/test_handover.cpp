@@ -4,7 +4,9 @@
 // of examples/upgrade_in_place under constant connect-per-request load from another process.
 #include <poll.h>
 #include <signal.h>
-#include <sys/prctl.h>
+#if defined(__linux__)
+#  include <sys/prctl.h>  // prctl, PR_SET_CHILD_SUBREAPER
+#endif
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -40,7 +42,7 @@ std::string ask(const ss::address& to, const std::string& line) {
 TEST_CASE("listening sockets pass over a Unix socket and serve in the receiver", "[handover]") {
   ss::TCPServer<Echo> original({"127.0.0.1", 0});
   int pair[2];
-  REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) == 0);
+  REQUIRE(ss::detail::open_socketpair(AF_UNIX, SOCK_STREAM, pair) == 0);
   ss::socket a(pair[0]), b(pair[1]);
   ss::send_descriptors(a.fileno(), {original.fileno()});
   const std::vector<int> got = ss::receive_descriptors(b.fileno(), 4, std::chrono::seconds(5));
@@ -57,7 +59,7 @@ TEST_CASE("listening sockets pass over a Unix socket and serve in the receiver",
 
 TEST_CASE("receive_descriptors: a timeout, a closed peer and too many are errors", "[handover]") {
   int pair[2];
-  REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) == 0);
+  REQUIRE(ss::detail::open_socketpair(AF_UNIX, SOCK_STREAM, pair) == 0);
   ss::socket a(pair[0]), b(pair[1]);
   try {
     ss::receive_descriptors(b.fileno(), 1, std::chrono::milliseconds(1));
@@ -167,7 +169,7 @@ struct tally {
   for (long i = 0; clock_type::now() < limit; ++i) {
     pollfd p{stop, POLLIN, 0};
     if (::poll(&p, 1, 0) > 0) break;
-    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    const int fd = ss::detail::open_socket(AF_INET, SOCK_STREAM, 0);
     timeval tv{5, 0};
     ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     sockaddr_in to{};
@@ -255,18 +257,25 @@ struct reap_all {
     int status = 0;
     while (::waitpid(-1, &status, 0) > 0) {
     }
+#  if defined(__linux__)
     ::prctl(PR_SET_CHILD_SUBREAPER, 0);
+#  endif
   }
 };
 
 void upgrade_twenty_times(const char* workers) {
   // Orphaned generations (each is its predecessor's child) are reparented here and reaped.
+#  if defined(__linux__)
   REQUIRE(::prctl(PR_SET_CHILD_SUBREAPER, 1) == 0);
+#  else
+  (void)workers;
+  SOCKETSERVER_SKIP("orphaned generations need a child subreaper (Linux's prctl)");
+#  endif
   int out[2], stop[2], pids[2], result[2];
-  REQUIRE(::pipe2(out, O_CLOEXEC) == 0);
-  REQUIRE(::pipe2(stop, O_CLOEXEC) == 0);
-  REQUIRE(::pipe2(pids, O_CLOEXEC) == 0);
-  REQUIRE(::pipe2(result, O_CLOEXEC) == 0);
+  REQUIRE(ss::detail::open_pipe(out, false) == 0);
+  REQUIRE(ss::detail::open_pipe(stop, false) == 0);
+  REQUIRE(ss::detail::open_pipe(pids, false) == 0);
+  REQUIRE(ss::detail::open_pipe(result, false) == 0);
   const pid_t first = ::fork();
   REQUIRE(first >= 0);
   if (first == 0) {

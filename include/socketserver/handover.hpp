@@ -25,6 +25,7 @@
 #include <vector>        // std::vector
 
 #include "detail/errno.hpp"  // throw_errno, throw_error, retry_on_eintr
+#include "detail/fd.hpp"     // open_socketpair, msg_cmsg_cloexec
 #include "detail/poll.hpp"   // poll_for
 
 extern char** environ;  // NOLINT: POSIX declares it only with _GNU_SOURCE on some systems
@@ -81,7 +82,7 @@ inline std::vector<int> receive_descriptors(int channel, std::size_t max,
   msg.msg_control = control.data();
   msg.msg_controllen = bytes;
   const ssize_t n =
-      detail::retry_on_eintr([&] { return ::recvmsg(channel, &msg, MSG_CMSG_CLOEXEC); });
+      detail::retry_on_eintr([&] { return ::recvmsg(channel, &msg, detail::msg_cmsg_cloexec); });
   if (n < 0) detail::throw_errno(what);
   std::vector<int> fds;
   for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
@@ -90,6 +91,7 @@ inline std::vector<int> receive_descriptors(int channel, std::size_t max,
     for (std::size_t i = 0; i < count; ++i) {
       int fd = -1;
       std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+      if (detail::msg_cmsg_cloexec == 0) (void)::fcntl(fd, F_SETFD, FD_CLOEXEC);
       fds.push_back(fd);
     }
   }
@@ -122,7 +124,7 @@ inline pid_t hand_over_listeners(const std::vector<int>& listeners,
     detail::throw_error(std::make_error_code(std::errc::invalid_argument),
                         "hand_over_listeners: no program");
   int pair[2];
-  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) < 0)
+  if (detail::open_socketpair(AF_UNIX, SOCK_STREAM, pair) < 0)
     detail::throw_errno("socketpair (hand over listeners)");
   // Everything the child needs is built before fork(): between fork() and execve() a
   // child of a threaded process may only make async-signal-safe calls.

@@ -65,7 +65,7 @@ class exclusive_wait {
   /// polls the socket). Two system calls per wake-up that found work. If epoll refuses the
   /// new registration (out of memory), the wait falls back to poll() (active() is false).
   void rotate() noexcept {
-#if defined(__linux__) && defined(EPOLLEXCLUSIVE)
+#if defined(SOCKETSERVER_LINUX_CALLS) && defined(EPOLLEXCLUSIVE)
     if (epoll_fd_ < 0 || !rotation.load(std::memory_order_relaxed)) return;
     (void)::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, shared_fd_, nullptr);
     if (!add(shared_fd_, 0)) close();
@@ -126,7 +126,7 @@ class exclusive_wait {
   }
 
   int epoll_fd_ = -1;
-  int shared_fd_ = -1;  // fds[0]: the shared socket
+  [[maybe_unused]] int shared_fd_ = -1;  // fds[0]: the shared socket (epoll only)
 };
 
 }  // namespace detail

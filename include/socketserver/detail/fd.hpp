@@ -7,11 +7,10 @@
 #include <sys/socket.h>  // socket, accept, accept4, setsockopt, SO_NOSIGPIPE
 #include <unistd.h>      // pipe, pipe2, close
 
+#include <atomic>  // std::atomic
 #include <cerrno>  // errno
 
 #include "platform.hpp"  // SOCKETSERVER_ATOMIC_CLOEXEC
-
-#include <atomic>  // std::atomic
 
 namespace socketserver {
 namespace detail {
@@ -89,6 +88,33 @@ inline int accept_socket(int fd, sockaddr* address, socklen_t* len) noexcept {
   if (client >= 0) set_nosigpipe(client);
   return client;
 }
+
+/// socketpair(): both ends close-on-exec. -1 with errno on failure.
+inline int open_socketpair(int family, int type, int fds[2]) noexcept {
+#if defined(SOCKETSERVER_ATOMIC_CLOEXEC)
+  return ::socketpair(family, type | SOCK_CLOEXEC, 0, fds);
+#else
+  if (::socketpair(family, type, 0, fds) < 0) return -1;
+  if (!set_fd_flags(fds[0], false) || !set_fd_flags(fds[1], false)) {
+    close_keeping_errno(fds[0]);
+    close_keeping_errno(fds[1]);
+    return -1;
+  }
+  set_nosigpipe(fds[0]);
+  set_nosigpipe(fds[1]);
+  return 0;
+#endif
+}
+
+/// The recvmsg() flag that makes descriptors received with SCM_RIGHTS close-on-exec from
+/// the start (Linux, the BSDs); 0 where there is none (macOS, the portable mode): then the
+/// receiver sets FD_CLOEXEC on each.
+constexpr int msg_cmsg_cloexec =
+#if defined(MSG_CMSG_CLOEXEC) && defined(SOCKETSERVER_ATOMIC_CLOEXEC)
+    MSG_CMSG_CLOEXEC;
+#else
+    0;
+#endif
 
 /// pipe(): both ends close-on-exec, and non-blocking if asked. -1 with errno on failure.
 inline int open_pipe(int fds[2], bool nonblocking) noexcept {
