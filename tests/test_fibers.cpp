@@ -3,6 +3,7 @@
 // loop thread serving many connections at once, waits that suspend only their fiber), and
 // the waits a handler may use besides I/O: sleep_for(), offload(), fiber_mutex. The shared
 // matrix (test_servers, test_faults, test_hygiene, test_limits, ...) covers the rest.
+#include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -10,6 +11,7 @@
 
 #include <atomic>
 #include <cctype>
+#include <cerrno>
 #include <chrono>
 #include <mutex>
 #include <stdexcept>
@@ -351,19 +353,20 @@ TEST_CASE("a handler that blocks its loop thread is reported through handle_stal
 
 namespace {
 
-// Holds its loop thread until the test lets it go (bounded): a stall that would never end
-// on its own, as an endless loop or a raw ::recv() that nothing answers.
-std::atomic<bool> let_go{false};
-std::atomic<bool> spinning{false};
+// Holds its loop thread in a raw ::poll() that only the stall report ends (bounded at 15 s):
+// a stall that would not end on its own, as a raw ::recv() that nothing answers. (Blocked in
+// a system call, not spinning: under valgrind a spinning thread can starve the others.)
+int release_pipe[2] = {-1, -1};
+std::atomic<bool> stuck{false};
 
 struct Stuck : ss::StreamRequestHandler<> {
   void handle() {
     rfile.readline();
-    spinning = true;
-    const auto limit = std::chrono::steady_clock::now() + 5s;  // bound, not synchronisation
-    while (!let_go && std::chrono::steady_clock::now() < limit) {
+    stuck = true;
+    pollfd released{release_pipe[0], POLLIN, 0};
+    for (int i = 0; i < 3 && ::poll(&released, 1, 15000) < 0 && errno == EINTR; ++i) {
     }
-    spinning = false;
+    stuck = false;
     wfile.write("free\n");
   }
 };
@@ -375,16 +378,17 @@ struct OngoingWatch : ss::FiberTCPServer<Stuck, OngoingWatch> {
   std::vector<std::string> reported;  // client, and whether the handler still ran then
   void handle_stall(const ss::address& client, std::chrono::nanoseconds ran) {
     std::lock_guard<std::mutex> lock(mutex);
-    reported.push_back(client.to_string() + (spinning ? " while stuck" : " after") +
+    reported.push_back(client.to_string() + (stuck ? " while stuck" : " after") +
                        (ran >= 20ms ? "" : " (too soon)"));
-    let_go = true;
+    const char release = 1;
+    CHECK(::write(release_pipe[1], &release, 1) == 1);
   }
 };
 
 }  // namespace
 
 TEST_CASE("a handler stuck on its loop thread is reported while it is stuck", "[fibers]") {
-  let_go = false;
+  REQUIRE(::pipe(release_pipe) == 0);
   OngoingWatch server({"127.0.0.1", 0});
   server.stall_threshold = 20ms;
   server.loop_threads = 1;
@@ -393,12 +397,16 @@ TEST_CASE("a handler stuck on its loop thread is reported while it is stuck", "[
   const std::string me = c.getsockname().to_string();
   c.sendall("hold\n");
   c.shutdown(SHUT_WR);
-  // The report lets the handler go: without a report made while it runs, it spins to its
-  // 20 s bound and the report (at the end) says "after".
+  // The report lets the handler go: without a report made while it is stuck, it waits out
+  // its 15 s bound and the report (at the end) says "after".
   CHECK(test::recv_all(c) == "free\n");
-  std::lock_guard<std::mutex> lock(server.mutex);
-  REQUIRE(server.reported.size() == 1);  // once per stretch: not again when it ends
-  CHECK(server.reported[0] == me + " while stuck");
+  {
+    std::lock_guard<std::mutex> lock(server.mutex);
+    REQUIRE(server.reported.size() == 1);  // once per stretch: not again when it ends
+    CHECK(server.reported[0] == me + " while stuck");
+  }
+  ::close(release_pipe[0]);
+  ::close(release_pipe[1]);
 }
 
 namespace {
