@@ -85,6 +85,11 @@ inline std::vector<int> receive_descriptors(int channel, std::size_t max,
       detail::retry_on_eintr([&] { return ::recvmsg(channel, &msg, detail::msg_cmsg_cloexec); });
   if (n < 0) detail::throw_errno(what);
   std::vector<int> fds;
+  // musl's CMSG_NXTHDR compares a size_t with a ptrdiff_t: its -Wsign-compare is not ours.
+#if defined(__GNUC__)
+#  pragma GCC diagnostic push
+#  pragma GCC diagnostic ignored "-Wsign-compare"
+#endif
   for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
     if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
     const std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
@@ -95,6 +100,9 @@ inline std::vector<int> receive_descriptors(int channel, std::size_t max,
       fds.push_back(fd);
     }
   }
+#if defined(__GNUC__)
+#  pragma GCC diagnostic pop
+#endif
   if ((msg.msg_flags & MSG_CTRUNC) != 0 || fds.size() > max) {  // (padding may fit one more)
     for (int fd : fds) ::close(fd);
     detail::throw_error(std::make_error_code(std::errc::message_size),
