@@ -2,12 +2,13 @@
 # The Debian package end to end: builds socketserver-dev with `cpack -G DEB`, checks its
 # layout, installs it with dpkg -i, builds and runs tests/consumer with find_package and with
 # pkg-config against the installed copy, and removes the package.
-# Usage: package_deb.sh SOURCE_DIR WORK_DIR CXX
+# Usage: package_deb.sh SOURCE_DIR WORK_DIR CXX [native|cross]
 # Needs root, dpkg, cpack and pkg-config; skips (exit 77) where they are missing, or where
 # socketserver is installed in /usr already (it is not ours to replace).
 set -euo pipefail
-source_dir=$1 work=$2 cxx=$3
+source_dir=$1 work=$2 cxx=$3 toolchain=${4:-native}
 skip() { echo "package_deb skipped: $*"; exit 77; }
+[ "$toolchain" = native ] || skip "a cross toolchain: its compiler does not search /usr/include"
 [ "$(id -u)" = 0 ] || skip "needs root to run dpkg -i (CI runs it as root)"
 for tool in dpkg dpkg-deb cpack pkg-config; do
   command -v "$tool" >/dev/null || skip "no $tool here"
