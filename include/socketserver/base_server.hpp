@@ -108,6 +108,12 @@ class BaseServer : public any_server {
   /// for none: a prefork worker's end of the pipe its supervisor closes. May be overridden.
   int stop_fileno() const noexcept { return -1; }
 
+  /// @cond INTERNAL
+  /// Where the system has no exclusive wake-up, the turn taken by the serve loops sharing
+  /// this socket (a prefork worker's, see detail/accept_turn.hpp); nullptr for none.
+  detail::accept_turn* shared_accept_turn() noexcept { return nullptr; }
+  /// @endcond
+
  protected:
   /// How serve_loop() runs. serve_forever() runs one loop on one thread (one_loop);
   /// ThreadPoolMixIn runs it on several threads at once with a policy of its own. A policy has:
@@ -159,7 +165,11 @@ class BaseServer : public any_server {
                      {derived().stop_fileno(), POLLIN, 0}};
     // Where other loops wait on the same socket, a request wakes one of them, not all (where
     // the system can; poll() otherwise).
-    detail::exclusive_wait exclusive(fds, 3, policy.shared());
+    // (The accept turn is taken by one loop per process: a thread pool's leaders wait on the
+    // socket together.)
+    constexpr bool one_loop_per_process = std::is_same_v<std::decay_t<LoopPolicy>, one_loop>;
+    detail::exclusive_wait exclusive(
+        fds, 3, policy.shared(), one_loop_per_process ? derived().shared_accept_turn() : nullptr);
     int eager_streak = eager && nonblocking_already ? 1 : 0;  // requests taken without a poll:
                                                               // bounded, so wake-ups are seen
     bool took_work = false;  // since the last wait: then the other waiters go first next time
@@ -185,7 +195,7 @@ class BaseServer : public any_server {
           // wake no other (the other workers, or a successor the socket was handed to, see
           // it with the next one only). A prefork worker told to stop takes it first.
           if (exclusively && eager && fds[2].revents != 0 && (fds[0].revents & POLLIN) != 0 &&
-              std::is_same_v<std::decay_t<LoopPolicy>, one_loop>) {
+              one_loop_per_process) {
             hooks_turn turn(policy);
             handle_request_noblock();
           }

@@ -14,12 +14,15 @@
 #include <cstddef>       // std::size_t
 #include <cstdio>        // std::fprintf, std::fflush, stderr
 #include <map>           // std::map
+#include <memory>        // std::unique_ptr
 #include <new>           // placement new
+#include <optional>      // std::optional
 #include <stdexcept>     // std::invalid_argument
 #include <system_error>  // std::system_error
 #include <vector>        // std::vector
 
 #include "base_server.hpp"  // detail::is_stream
+#include "detail/accept_turn.hpp"
 #include "detail/errno.hpp"
 #include "detail/exceptions.hpp"
 #include "detail/fd.hpp"
@@ -44,9 +47,13 @@ namespace socketserver {
 ///
 /// The workers share the one listening socket (a stream socket is made non-blocking while
 /// they serve). Each waits with EPOLLEXCLUSIVE on Linux (socket_shared()), so a request wakes
-/// one waiting worker, not all of them (elsewhere all wake, and those that find nothing wait
-/// again); a worker that took work waits behind the others next (detail::exclusive_wait::
-/// rotate()), so the idle workers take turns. One socket works for every family, Unix included, and
+/// one waiting worker, not all of them; a worker that took work waits behind the others next
+/// (detail::exclusive_wait::rotate()), so the idle workers take turns. Elsewhere (and in the
+/// portable mode) the workers take turns waiting on the socket, passing the turn on through a
+/// pipe per worker at each wake-up (detail/accept_turn.hpp): a request wakes one worker, two
+/// when the next one looks before the first has accepted. That takes one serve loop per
+/// worker: ThreadPoolMixIn's and FiberMixIn's workers, with several threads waiting on the
+/// socket, all wake there. One socket works for every family, Unix included, and
 /// never hands a connection to a worker that has exited; SO_REUSEPORT sockets would spread
 /// connections without a shared wake-up, but a connection queued on an exiting worker's socket is
 /// lost. A worker that loses its parent stops as well.
@@ -106,6 +113,10 @@ class PreforkMixIn : public Base {
 
     using detail::clock;
     typename Base::counter_slot* slots = counter_slots(workers);
+    // Without an exclusive wake-up, the workers take turns waiting on the socket.
+    std::unique_ptr<detail::accept_turn_table> turns;
+    if (detail::accept_turn_table::needed(workers))
+      turns = std::make_unique<detail::accept_turn_table>(workers);
     struct worker {
       clock::time_point started;
       socketserver::socket pidfd;  // readable once the worker has exited (-1 if unsupported)
@@ -121,6 +132,11 @@ class PreforkMixIn : public Base {
         stop_write.close();
         this->counters_ = &slots[slot].counts;  // a worker's stats() are its own
         this->worker_blocks_.store(nullptr, std::memory_order_relaxed);
+        if (turns) {
+          turns->enter_worker(slot);
+          turn_.emplace(turns->state(), slot, turns->doorbells(), workers,
+                        turns->doorbell_of(slot));
+        }
         this->derived().after_fork_in_child();
         run_worker(stop_read.fileno(), poll_interval);
       }
@@ -149,7 +165,7 @@ class PreforkMixIn : public Base {
         if (*wait < std::chrono::duration<double>::zero()) wait = std::chrono::duration<double>(0);
         detail::poll_for(fds.data(), fds.size(), wait);
         if (this->shutdown_requested()) break;
-        reap(running, respawn_at, slots);
+        reap(running, respawn_at, slots, turns.get());
         for (auto it = respawn_at.begin(); it != respawn_at.end();) {
           if (it->due > clock::now()) {
             ++it;
@@ -177,6 +193,12 @@ class PreforkMixIn : public Base {
   bool socket_shared() const noexcept { return stop_fd_ >= 0 || Base::socket_shared(); }
   /// In a worker, the supervisor's stop pipe: it stops serving when the pipe closes.
   int stop_fileno() const noexcept { return stop_fd_ >= 0 ? stop_fd_ : Base::stop_fileno(); }
+  /// @cond INTERNAL
+  /// In a worker where the system has no exclusive wake-up: its share of the accept turn.
+  detail::accept_turn* shared_accept_turn() noexcept {
+    return turn_ ? &*turn_ : Base::shared_accept_turn();
+  }
+  /// @endcond
 
  private:
   struct respawn {
@@ -224,7 +246,7 @@ class PreforkMixIn : public Base {
   // Reaps the workers that have exited, and schedules their replacements.
   template <class Running>
   static void reap(Running& running, std::vector<respawn>& respawn_at,
-                   typename Base::counter_slot* slots) {
+                   typename Base::counter_slot* slots, detail::accept_turn_table* turns) {
     using detail::clock;
     for (auto it = running.begin(); it != running.end();) {
       int status = 0;
@@ -233,6 +255,7 @@ class PreforkMixIn : public Base {
         continue;
       }
       retire(slots[it->second.slot]);
+      if (turns != nullptr) turns->worker_gone(it->first, it->second.slot);
       const bool short_lived = clock::now() - it->second.started < std::chrono::seconds(1);
       respawn_at.push_back(
           respawn{short_lived ? it->second.started + std::chrono::seconds(1) : clock::now(),
@@ -271,6 +294,7 @@ class PreforkMixIn : public Base {
   }
 
   int stop_fd_ = -1;  // in a worker: the read end of the supervisor's stop pipe
+  std::optional<detail::accept_turn> turn_;  // in a worker, without an exclusive wake-up
 };
 
 }  // namespace socketserver

@@ -19,6 +19,7 @@ LAYERS = [
     ("detail: waits", ["detail/accept_errors.hpp", "detail/blocking.hpp", "detail/wakeup.hpp",
                        "detail/drain_signal.hpp", "detail/fiber_poller.hpp"]),
     ("detail: poll", ["detail/poll.hpp"]),
+    ("detail: accept turn", ["detail/accept_turn.hpp"]),
     ("detail: exclusive wait", ["detail/exclusive_wait.hpp"]),
     ("detail: leader lanes", ["detail/leader_lanes.hpp"]),
     ("detail: fiber stacks", ["detail/fiber_stack.hpp"]),
@@ -86,13 +87,22 @@ def main():
         if h in under_tcp:
             errors.append(f"tcp_server.hpp pulls in {h}")
 
+    lines = []
     for i, (name, hs) in enumerate(LAYERS):
-        print(f"{i:2}  {name}")
+        lines.append(f"{i:2}  {name}")
         for h in hs:
             if h in graph:
-                print(f"      {h:28} -> {', '.join(graph[h]) or '(system headers only)'}")
+                lines.append(f"      {h:28} -> {', '.join(graph[h]) or '(system headers only)'}")
+    print("\n".join(lines))
     if "--graph" in sys.argv:
         return 0
+    # docs/ARCHITECTURE.md shows this graph in its first ``` block: it must be this one.
+    doc = os.path.join(root, "..", "..", "docs", "ARCHITECTURE.md")
+    if os.path.exists(doc):
+        blocks = open(doc).read().split("```")
+        if len(blocks) < 2 or blocks[1].strip("\n") != "\n".join(lines):
+            errors.append("docs/ARCHITECTURE.md's include graph is out of date: replace its "
+                          f"first ``` block with the output of {__file__} --graph")
     for e in errors:
         print("LAYERING:", e, file=sys.stderr)
     print(f"{len(headers)} headers, {sum(len(v) for v in graph.values())} includes, "

@@ -9,6 +9,9 @@
 // threading worker, back in its wait at once, took 71% of them (issue 15). rotate() moves a
 // waiter that has just taken work to the back of the queue (its registration is removed and
 // added again), so the idle workers take turns: the one idle longest goes first.
+//
+// Without EPOLLEXCLUSIVE (other systems, the portable mode) a prefork worker waits through
+// the accept turn its supervisor set up (accept_turn.hpp), which wakes one worker as well.
 #pragma once
 
 #include <poll.h>    // pollfd, POLLIN, POLLHUP, POLLERR
@@ -22,9 +25,10 @@
 #include <atomic>  // std::atomic
 #include <cerrno>  // errno, EINTR
 
-#include "errno.hpp"  // throw_errno
-#include "poll.hpp"   // deadline_after, ms_until
-#include "time.hpp"   // optional_seconds
+#include "accept_turn.hpp"  // accept_turn
+#include "errno.hpp"        // throw_errno
+#include "poll.hpp"         // deadline_after, ms_until
+#include "time.hpp"         // optional_seconds
 
 namespace socketserver {
 namespace detail {
@@ -33,8 +37,10 @@ class exclusive_wait {
  public:
   /// Watches fds[0] (a shared socket: exclusive wake-ups) and fds[1..count) (wake-up and
   /// stop descriptors: every waiter sees them). Inactive unless `enable` and fds[0].fd >= 0.
-  exclusive_wait(const pollfd* fds, int count, bool enable) {
+  /// `turn`, if given, is used where EPOLLEXCLUSIVE is not.
+  exclusive_wait(const pollfd* fds, int count, bool enable, accept_turn* turn = nullptr) {
 #if defined(SOCKETSERVER_LINUX_CALLS) && defined(EPOLLEXCLUSIVE)
+    (void)turn;
     if (!enable || fds[0].fd < 0) return;
     epoll_fd_ = ::epoll_create1(EPOLL_CLOEXEC);
     if (epoll_fd_ < 0) return;
@@ -47,16 +53,15 @@ class exclusive_wait {
     }
     shared_fd_ = fds[0].fd;
 #else
-    (void)fds;
     (void)count;
-    (void)enable;
+    if (enable && fds[0].fd >= 0) turn_ = turn;
 #endif
   }
   exclusive_wait(const exclusive_wait&) = delete;
   exclusive_wait& operator=(const exclusive_wait&) = delete;
   ~exclusive_wait() { close(); }
 
-  bool active() const noexcept { return epoll_fd_ >= 0; }
+  bool active() const noexcept { return epoll_fd_ >= 0 || turn_ != nullptr; }
 
   /// Moves this waiter to the back of the shared socket's wait queue, behind every other
   /// waiter: call it after a wake-up that found work, before waiting again (see the file
@@ -100,10 +105,7 @@ class exclusive_wait {
       return ready;
     }
 #else
-    (void)fds;
-    (void)count;
-    (void)timeout;
-    return 0;
+    return turn_->wait(fds, count, timeout);
 #endif
   }
 
@@ -127,6 +129,7 @@ class exclusive_wait {
 
   int epoll_fd_ = -1;
   [[maybe_unused]] int shared_fd_ = -1;  // fds[0]: the shared socket (epoll only)
+  accept_turn* turn_ = nullptr;          // elsewhere
 };
 
 }  // namespace detail
