@@ -14,7 +14,7 @@
 #include <cstdio>        // std::fflush
 #include <set>           // std::set
 #include <system_error>  // std::system_error
-#include <utility>       // std::move
+#include <utility>       // std::move, std::forward
 #include <vector>        // std::vector
 
 #include "address.hpp"
@@ -67,11 +67,14 @@ class ForkingMixIn : public Base {
   /// Python's ForkingMixIn.active_children: the pids of the running children.
   std::set<pid_t> active_children;
 
-  /// The server's constructor (see basic_tcp_server), with `timeout` set to 300 s as
-  /// Python's ForkingMixIn.timeout, so handle_request() reaps children when idle.
+  /// The server's constructor (see basic_tcp_server; `more` is what follows the address
+  /// there: bind_and_activate, or a mix-in's own arguments, as TLSMixIn's context), with
+  /// `timeout` set to 300 s as Python's ForkingMixIn.timeout, so handle_request() reaps
+  /// children when idle.
   /// @throws std::system_error as the server's constructor.
-  explicit ForkingMixIn(address addr, strict_bool bind_and_activate = true)
-      : Base(std::move(addr), bind_and_activate) {
+  template <class... More>
+  explicit ForkingMixIn(address addr, More&&... more)
+      : Base(std::move(addr), std::forward<More>(more)...) {
     this->timeout = std::chrono::seconds(300);
   }
   ForkingMixIn(const ForkingMixIn&) = delete;

@@ -20,7 +20,8 @@
 #include "detail/blocking.hpp"
 #include "detail/errno.hpp"
 #include "detail/fd.hpp"    // open_socket
-#include "detail/time.hpp"  // optional_seconds
+#include "detail/time.hpp"       // optional_seconds
+#include "detail/transport.hpp"  // stream_transport
 
 namespace socketserver {
 
@@ -43,6 +44,18 @@ class socket_view {
   /// True if it refers to a descriptor (fileno() >= 0).
   bool is_open() const noexcept { return fd_ >= 0; }
 
+  /// The layer the stream calls (recv(), send(), sendall()) go through, e.g. the TLS
+  /// session that TLSMixIn sets for the length of a request; nullptr (the default): the
+  /// system's calls. Copies of the view carry it. The transport must outlive its use.
+  detail::stream_transport* transport() const noexcept { return transport_; }
+  /// Sets (or, with nullptr, clears) the layer the stream calls go through.
+  void set_transport(detail::stream_transport* transport) noexcept { transport_ = transport; }
+  /// Bytes the transport has received and decoded that recv() has not returned yet (0
+  /// without a transport): poll() on fileno() does not see them (Python's SSLSocket.pending()).
+  std::size_t pending() const noexcept {
+    return transport_ != nullptr ? transport_->pending() : 0;
+  }
+
   /// Receives up to n bytes into buf; returns 0 at end of stream (Python's recv_into()).
   /// @throws std::system_error if recv() fails (std::errc::timed_out after settimeout()).
   std::size_t recv(void* buf, std::size_t n, int flags = 0) const {
@@ -53,6 +66,7 @@ class socket_view {
   }
   /// The same without exceptions: on failure `ec` is set and 0 returned.
   std::size_t recv(void* buf, std::size_t n, int flags, std::error_code& ec) const noexcept {
+    if (__builtin_expect(transport_ != nullptr, 0)) return transport_->recv(buf, n, flags, ec);
     ssize_t got =
         detail::blocking_io(fd_, POLLIN, flags, [&](int f) { return ::recv(fd_, buf, n, f); });
     return finish_io(got, flags, ec);
@@ -75,6 +89,7 @@ class socket_view {
   }
   /// The same without exceptions: on failure `ec` is set and 0 returned.
   std::size_t send(std::string_view data, int flags, std::error_code& ec) const noexcept {
+    if (__builtin_expect(transport_ != nullptr, 0)) return transport_->send(data, flags, ec);
     ssize_t sent = detail::blocking_io(fd_, POLLOUT, flags, [&](int f) {
       return ::send(fd_, data.data(), data.size(), f | detail::msg_nosignal);
     });
@@ -215,6 +230,8 @@ class socket_view {
  protected:
   /// The descriptor, -1 for none.
   int fd_ = -1;
+  /// The layer stream calls go through, nullptr for none (see transport()).
+  detail::stream_transport* transport_ = nullptr;
 
  private:
   // A call that times out on a blocking socket with SO_RCVTIMEO/SO_SNDTIMEO reports EAGAIN;
@@ -258,12 +275,16 @@ class socket : public socket_view {
     if (fd_ < 0) detail::throw_errno("socket");
   }
   /// Takes over other's descriptor; other is left closed.
-  socket(socket&& other) noexcept : socket_view(std::exchange(other.fd_, -1)) {}
-  /// Closes this socket, then takes over other's descriptor; other is left closed.
+  socket(socket&& other) noexcept : socket_view(std::exchange(other.fd_, -1)) {
+    transport_ = std::exchange(other.transport_, nullptr);
+  }
+  /// Closes this socket, then takes over other's descriptor (and transport); other is left
+  /// closed.
   socket& operator=(socket&& other) noexcept {
     if (this != &other) {
       close();
       fd_ = std::exchange(other.fd_, -1);
+      transport_ = std::exchange(other.transport_, nullptr);
     }
     return *this;
   }
@@ -274,12 +295,16 @@ class socket : public socket_view {
   /// Python's close(): closes the descriptor; fileno() is -1 afterwards. Closing twice is harmless.
   void close() noexcept {
     // No EINTR retry: on Linux the descriptor is released even when close() is interrupted.
+    transport_ = nullptr;
     if (fd_ < 0) return;
     if (detail::fiber_waiting != nullptr) detail::fiber_waiting->closing(fd_);
     ::close(std::exchange(fd_, -1));
   }
   /// Python's detach(): gives up ownership and returns the descriptor.
-  int detach() noexcept { return std::exchange(fd_, -1); }
+  int detach() noexcept {
+    transport_ = nullptr;
+    return std::exchange(fd_, -1);
+  }
 };
 
 }  // namespace socketserver

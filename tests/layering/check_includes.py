@@ -3,7 +3,8 @@
 
 Each header belongs to a layer (LAYERS, lowest first) and may include only headers of
 lower layers; detail/ headers include nothing but detail/ headers; the smallest server
-header (tcp_server.hpp) pulls in no process, prefork or mix-in header. Prints the graph
+header (tcp_server.hpp) pulls in no process, prefork or mix-in header; no header but the
+TLS add-on includes OpenSSL, and the umbrella header does not include the add-on. Prints the graph
 (`--graph` prints only the graph, as docs/ARCHITECTURE.md shows it) and exits 1 on a
 violation, naming it.
 """
@@ -15,7 +16,7 @@ LAYERS = [
     ("detail: platform", ["detail/platform.hpp"]),
     ("detail: time, errno", ["detail/time.hpp", "detail/errno.hpp", "detail/fd.hpp",
                              "detail/process.hpp", "detail/exceptions.hpp",
-                             "detail/proxy_protocol.hpp"]),
+                             "detail/proxy_protocol.hpp", "detail/transport.hpp"]),
     ("detail: waits", ["detail/accept_errors.hpp", "detail/blocking.hpp", "detail/wakeup.hpp",
                        "detail/drain_signal.hpp", "detail/fiber_poller.hpp"]),
     ("detail: poll", ["detail/poll.hpp"]),
@@ -40,7 +41,11 @@ LAYERS = [
     ("mix-ins", ["threading.hpp", "forking.hpp", "thread_pool.hpp", "prefork.hpp",
                  "fibers.hpp"]),
     ("server types", ["servers.hpp"]),
+    ("add-ons (their own CMake targets)", ["tls.hpp"]),
 ]
+# The add-ons that may include a third-party library; no other header may (a user who does
+# not include one links nothing new): header -> the include prefix it may use.
+THIRD_PARTY = {"tls.hpp": "openssl/"}
 # What the smallest server header must not pull in.
 NOT_UNDER_TCP_SERVER = ["detail/process.hpp", "prefork.hpp", "forking.hpp", "threading.hpp",
                         "thread_pool.hpp", "fibers.hpp", "detail/fiber_loop.hpp", "servers.hpp"]
@@ -72,6 +77,9 @@ def main():
                 errors.append(f"{h} (layer {layer_of[h]}) includes {target} "
                               f"(layer {layer_of[target]}): only lower layers may be included")
         graph[h] = sorted(deps)
+        for inc in re.findall(r'^#\s*include\s+<([^>]+)>', text, re.M):
+            if inc.startswith("openssl/") and THIRD_PARTY.get(h) != "openssl/":
+                errors.append(f"{h} includes <{inc}>: only the TLS add-on (tls.hpp) may")
     for h in (h for h in layer_of if h not in headers):
         errors.append(f"LAYERS names {h}, which does not exist")
 
@@ -81,6 +89,11 @@ def main():
                 seen.add(d)
                 closure(d, seen)
         return seen
+
+    umbrella = open(os.path.join(root, "..", "socketserver.hpp")).read()
+    for inc in re.findall(r'^#\s*include\s+[<"]([^>"]+)[>"]', umbrella, re.M):
+        if inc.startswith("openssl/") or inc.endswith("/tls.hpp"):
+            errors.append(f"socketserver.hpp includes {inc}: the core must not pull in OpenSSL")
 
     under_tcp = closure("tcp_server.hpp", set())
     for h in NOT_UNDER_TCP_SERVER:
