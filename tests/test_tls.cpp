@@ -12,8 +12,8 @@
 #include <sys/socket.h>
 
 #include <atomic>
-#include <cstdint>
 #include <csignal>
+#include <cstdint>
 #include <cstdio>
 #include <fstream>
 #include <memory>
@@ -87,8 +87,7 @@ void add_extension(X509* cert, X509* issuer, int nid, const char* value) {
 // A P-256 certificate for `cn`, signed by `issuer` (self-signed when null), valid from
 // now + not_before to now + not_after seconds.
 credential make_cert(const std::string& cn, const credential* issuer, bool ca,
-                     const char* san = nullptr, long not_before = -3600,
-                     long not_after = 86400) {
+                     const char* san = nullptr, long not_before = -3600, long not_after = 86400) {
   static std::atomic<long> serial{1};
   credential c;
   c.key.reset(EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "P-256"), pkey_free());
@@ -136,9 +135,7 @@ ss::tls_context server_context(const credential& c = certs().server) {
   return context;
 }
 
-void write_file(const std::string& path, const std::string& text) {
-  std::ofstream(path) << text;
-}
+void write_file(const std::string& path, const std::string& text) { std::ofstream(path) << text; }
 
 // --- A TLS client (OpenSSL, blocking, on the test's side) ---------------------------------
 
@@ -158,8 +155,7 @@ client_options trusting(const std::string& ca_pem, const std::string& server_nam
 
 class tls_client {
  public:
-  tls_client(const ss::address& to, const client_options& o = {})
-      : sock_(test::connect_to(to)) {
+  tls_client(const ss::address& to, const client_options& o = {}) : sock_(test::connect_to(to)) {
     ctx_ = SSL_CTX_new(TLS_client_method());
     BIO* bio = BIO_new_mem_buf(o.ca_pem.data(), static_cast<int>(o.ca_pem.size()));
     X509* ca = PEM_read_bio_X509(bio, nullptr, nullptr, nullptr);
@@ -340,9 +336,9 @@ TEMPLATE_TEST_CASE("a StreamRequestHandler written for plain TCP serves TLS unch
   CHECK(server.stats().errors == 0);
 }
 
-TEMPLATE_TEST_CASE("request.recv() and sendall() of a BaseRequestHandler go through TLS",
-                   "[tls]", ss::ThreadingTLSTCPServer<BulkReply>,
-                   ss::ThreadPoolTLSTCPServer<BulkReply>, ss::FiberTLSTCPServer<BulkReply>) {
+TEMPLATE_TEST_CASE("request.recv() and sendall() of a BaseRequestHandler go through TLS", "[tls]",
+                   ss::ThreadingTLSTCPServer<BulkReply>, ss::ThreadPoolTLSTCPServer<BulkReply>,
+                   ss::FiberTLSTCPServer<BulkReply>) {
   TestType server({"127.0.0.1", 0}, server_context());
   test::Serving<TestType> serving(server);
   tls_client client(server.server_address);
@@ -388,8 +384,8 @@ with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=20) as ra
 )");
   ss::ThreadingTLSTCPServer<LineEcho> server({"127.0.0.1", 0}, server_context());
   test::Serving<decltype(server)> serving(server);
-  const std::string command = "timeout --foreground 60 python3 " + dir.file("client.py") + " 127.0.0.1 " +
-                              std::to_string(server.server_address.port()) + " " +
+  const std::string command = "timeout --foreground 60 python3 " + dir.file("client.py") +
+                              " 127.0.0.1 " + std::to_string(server.server_address.port()) + " " +
                               dir.file("ca.pem") + " 2>&1";
   std::string out;
   FILE* p = ::popen(command.c_str(), "r");
@@ -407,10 +403,11 @@ TEST_CASE("interop: openssl s_client over TLS 1.2 and TLS 1.3", "[tls][interop]"
   test::Serving<decltype(server)> serving(server);
   for (const char* version : {"-tls1_2", "-tls1_3"}) {
     // -quiet implies -ign_eof: s_client waits for the server's close after stdin ends.
-    const std::string command = "printf 'hello s_client\\n' | timeout --foreground 60 openssl s_client " +
-                                std::string(version) + " -quiet -verify_return_error -CAfile " +
-                                dir.file("ca.pem") + " -servername localhost -connect 127.0.0.1:" +
-                                std::to_string(server.server_address.port()) + " 2>/dev/null";
+    const std::string command =
+        "printf 'hello s_client\\n' | timeout --foreground 60 openssl s_client " +
+        std::string(version) + " -quiet -verify_return_error -CAfile " + dir.file("ca.pem") +
+        " -servername localhost -connect 127.0.0.1:" +
+        std::to_string(server.server_address.port()) + " 2>/dev/null";
     std::string out;
     FILE* p = ::popen(command.c_str(), "r");
     REQUIRE(p != nullptr);
@@ -426,8 +423,7 @@ TEST_CASE("a client that trusts another CA fails its handshake; the server says 
           "[tls][negative]") {
   RecordingServer<LineEcho> server({"127.0.0.1", 0}, server_context());
   test::Serving<decltype(server)> serving(server);
-  tls_client client(server.server_address,
-                    trusting(certs().stranger_ca.cert_pem, "localhost"));
+  tls_client client(server.server_address, trusting(certs().stranger_ca.cert_pem, "localhost"));
   CHECK_FALSE(client.handshake());
   CHECK(client.error().find("certificate verify failed") != std::string::npos);
   client.socket().close();
@@ -559,8 +555,7 @@ TEST_CASE("reload: new connections get the new certificate, open ones keep their
   tls_client before(server.server_address);
   REQUIRE(before.handshake());
   CHECK(before.peer_cn() == "localhost");
-  const credential renewed =
-      make_cert("localhost-renewed", &certs().ca, false, "DNS:localhost");
+  const credential renewed = make_cert("localhost-renewed", &certs().ca, false, "DNS:localhost");
   server.set_tls_context(server_context(renewed));
   tls_client after(server.server_address);
   REQUIRE(after.handshake());

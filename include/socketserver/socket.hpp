@@ -19,7 +19,7 @@
 #include "address.hpp"
 #include "detail/blocking.hpp"
 #include "detail/errno.hpp"
-#include "detail/fd.hpp"    // open_socket
+#include "detail/fd.hpp"         // open_socket
 #include "detail/time.hpp"       // optional_seconds
 #include "detail/transport.hpp"  // stream_transport
 
@@ -52,9 +52,7 @@ class socket_view {
   void set_transport(detail::stream_transport* transport) noexcept { transport_ = transport; }
   /// Bytes the transport has received and decoded that recv() has not returned yet (0
   /// without a transport): poll() on fileno() does not see them (Python's SSLSocket.pending()).
-  std::size_t pending() const noexcept {
-    return transport_ != nullptr ? transport_->pending() : 0;
-  }
+  std::size_t pending() const noexcept { return transport_ != nullptr ? transport_->pending() : 0; }
 
   /// Receives up to n bytes into buf; returns 0 at end of stream (Python's recv_into()).
   /// @throws std::system_error if recv() fails (std::errc::timed_out after settimeout()).

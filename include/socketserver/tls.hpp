@@ -77,7 +77,8 @@ using ssl_ctx_ptr = std::unique_ptr<SSL_CTX, ssl_ctx_free>;
 
 /// A memory BIO over `pem` (read-only; the bytes must outlive it).
 inline std::unique_ptr<BIO, bio_free> pem_bio(std::string_view pem, const char* what) {
-  if (pem.size() > static_cast<std::size_t>(INT_MAX)) throw_openssl(std::string(what) + ": too large");
+  if (pem.size() > static_cast<std::size_t>(INT_MAX))
+    throw_openssl(std::string(what) + ": too large");
   std::unique_ptr<BIO, bio_free> bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
   if (!bio) throw_openssl(what);
   return bio;
@@ -103,9 +104,7 @@ class tls_context {
  public:
   /// A context with no certificate yet.
   /// @throws std::system_error if OpenSSL cannot make one.
-  tls_context() : state_(std::make_shared<state>()) {
-    state_->contexts.push_back(new_ssl_ctx());
-  }
+  tls_context() : state_(std::make_shared<state>()) { state_->contexts.push_back(new_ssl_ctx()); }
 
   /// Python's load_cert_chain(): the server's certificate (chain) and private key, from PEM
   /// files (the key may be in the certificate's file: keyfile empty).
@@ -247,8 +246,7 @@ class tls_context {
         SSL_CTX_set_max_proto_version(c, s.max_version) != 1)
       detail::throw_openssl("SSL_CTX_set_min_proto_version");
     SSL_CTX_set_options(c, SSL_OP_NO_RENEGOTIATION | SSL_OP_IGNORE_UNEXPECTED_EOF |
-                               SSL_OP_CIPHER_SERVER_PREFERENCE |
-                               (s.ktls ? SSL_OP_ENABLE_KTLS : 0));
+                               SSL_OP_CIPHER_SERVER_PREFERENCE | (s.ktls ? SSL_OP_ENABLE_KTLS : 0));
     // Partial writes: send() may return having sent part of the data, as on a plain socket;
     // a retry after EAGAIN may pass the rest from another address (the writer's buffer).
     SSL_CTX_set_mode(c, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
@@ -256,6 +254,7 @@ class tls_context {
     // Sessions resumed with a client certificate need an id context (else OpenSSL refuses).
     static const unsigned char id[] = "socketserver";
     SSL_CTX_set_session_id_context(c, id, sizeof id - 1);
+    SSL_CTX_set_read_ahead(c, 1);  // a record in one recv(), not its header and then its body
     // (SSL_CTX_set_tlsext_servername_callback() without the macro's C-style cast.)
     SSL_CTX_callback_ctrl(c, SSL_CTRL_SET_TLSEXT_SERVERNAME_CB,
                           reinterpret_cast<void (*)(void)>(&tls_context::on_server_name));
@@ -358,8 +357,8 @@ class tls_context {
     if (s->alpn.empty()) return SSL_TLSEXT_ERR_NOACK;
     unsigned char* chosen = nullptr;
     const auto* ours = reinterpret_cast<const unsigned char*>(s->alpn.data());
-    if (SSL_select_next_proto(&chosen, outlen, ours, static_cast<unsigned int>(s->alpn.size()),
-                              in, inlen) != OPENSSL_NPN_NEGOTIATED)
+    if (SSL_select_next_proto(&chosen, outlen, ours, static_cast<unsigned int>(s->alpn.size()), in,
+                              inlen) != OPENSSL_NPN_NEGOTIATED)
       return SSL_TLSEXT_ERR_NOACK;
     *out = chosen;
     return SSL_TLSEXT_ERR_OK;
@@ -434,7 +433,9 @@ class tls_session final : public detail::stream_transport {
       deadline_ = detail::deadline_after(limit);
     }
     prepare(0);
+    gather_ = true;  // the handshake's messages leave in as few segments as possible
     const int result = SSL_accept(ssl_);
+    gather_ = false;  // (what is left is sent with the first write, see bio_write)
     if (result == 1) {
       ERR_clear_error();
       return;
@@ -450,12 +451,13 @@ class tls_session final : public detail::stream_transport {
       reason = "the client closed the connection" + (reason.empty() ? "" : " (" + reason + ")");
     } else {
       code = std::make_error_code(std::errc::protocol_error);
-      if (reason.empty()) reason = "SSL_accept failed (SSL_get_error " + std::to_string(error) + ")";
+      if (reason.empty())
+        reason = "SSL_accept failed (SSL_get_error " + std::to_string(error) + ")";
     }
     const long verified = SSL_get_verify_result(ssl_);
     if (verified != X509_V_OK)
-      reason += std::string(" (client certificate: ") +
-                X509_verify_cert_error_string(verified) + ")";
+      reason +=
+          std::string(" (client certificate: ") + X509_verify_cert_error_string(verified) + ")";
     throw std::system_error(code, "TLS handshake with " + client.to_string() + ": " + reason);
   }
 
@@ -524,8 +526,7 @@ class tls_session final : public detail::stream_transport {
     X509* cert = peer_certificate();
     if (cert == nullptr) return "";
     std::unique_ptr<BIO, detail::bio_free> out(BIO_new(BIO_s_mem()));
-    if (!out ||
-        X509_NAME_print_ex(out.get(), X509_get_subject_name(cert), 0, XN_FLAG_ONELINE) < 0)
+    if (!out || X509_NAME_print_ex(out.get(), X509_get_subject_name(cert), 0, XN_FLAG_ONELINE) < 0)
       return "";
     char* text = nullptr;
     const long size = BIO_get_mem_data(out.get(), &text);
@@ -576,8 +577,8 @@ class tls_session final : public detail::stream_transport {
     } else {
       ec = std::make_error_code(std::errc::protocol_error);
     }
-    if (ec != std::errc::resource_unavailable_try_again &&
-        ec != std::errc::operation_would_block && ec != std::errc::timed_out)
+    if (ec != std::errc::resource_unavailable_try_again && ec != std::errc::operation_would_block &&
+        ec != std::errc::timed_out)
       broken_ = true;  // no close_notify after a fatal error
     ERR_clear_error();
   }
@@ -608,6 +609,22 @@ class tls_session final : public detail::stream_transport {
   static int bio_read(BIO* bio, char* buf, int size) {
     auto* self = static_cast<tls_session*>(BIO_get_data(bio));
     BIO_clear_retry_flags(bio);
+    if (!self->out_.empty()) {  // what was gathered goes before a read that waits
+      if (!self->gather_) {
+        std::error_code ec;
+        const std::size_t got =
+            socket_view(self->fd_).recv(buf, static_cast<std::size_t>(size), MSG_DONTWAIT, ec);
+        if (!ec) {
+          if (got == 0) self->saw_eof_ = true;
+          return static_cast<int>(got);
+        }
+        if (!would_block(ec, MSG_DONTWAIT)) {
+          self->io_error_ = ec;
+          return -1;
+        }
+      }
+      if (!self->flush_gathered() && self->io_error_) return -1;
+    }
     if (!self->within_deadline(SO_RCVTIMEO)) return -1;
     std::error_code ec;
     const std::size_t got =
@@ -624,9 +641,50 @@ class tls_session final : public detail::stream_transport {
     return -1;
   }
 
+  // Sends what the handshake gathered; false (io_error_ set) if that fails. With
+  // MSG_DONTWAIT in flags_, false also when the socket is full (out_ keeps the rest).
+  bool flush_gathered() noexcept {
+    std::string_view rest(out_);
+    while (!rest.empty()) {
+      if (!within_deadline(SO_SNDTIMEO)) break;
+      std::error_code ec;
+      const std::size_t sent = socket_view(fd_).send(rest, flags_, ec);
+      if (ec) {
+        if (!would_block(ec, flags_)) io_error_ = ec;
+        break;
+      }
+      rest.remove_prefix(sent);
+    }
+    if (rest.empty() || io_error_) {
+      const bool done = rest.empty();
+      std::string().swap(out_);
+      return done;
+    }
+    out_.erase(0, out_.size() - rest.size());
+    return false;
+  }
+
+  // The handshake's last messages (TLS 1.3's session tickets) wait in out_ for the first
+  // write, to leave with it in one segment, or for the first read that has to wait. Sent
+  // on their own right after the handshake, the reply that follows would be held by Nagle's
+  // algorithm until the client's delayed ACK: 40 ms per connection on Linux.
   static int bio_write(BIO* bio, const char* data, int size) {
     auto* self = static_cast<tls_session*>(BIO_get_data(bio));
     BIO_clear_retry_flags(bio);
+    if (self->gather_) {
+      self->out_.append(data, static_cast<std::size_t>(size));
+      return size;
+    }
+    if (!self->out_.empty()) {
+      if ((self->flags_ & MSG_DONTWAIT) == 0) {
+        self->out_.append(data, static_cast<std::size_t>(size));
+        return self->flush_gathered() ? size : -1;
+      }
+      if (!self->flush_gathered()) {
+        if (!self->io_error_) BIO_set_retry_write(bio);
+        return -1;
+      }
+    }
     if (!self->within_deadline(SO_SNDTIMEO)) return -1;
     std::error_code ec;
     const std::size_t sent = socket_view(self->fd_).send(
@@ -646,7 +704,7 @@ class tls_session final : public detail::stream_transport {
   }
 
   static long bio_ctrl(BIO* bio, int cmd, long /*num*/, void* /*ptr*/) {
-    if (cmd == BIO_CTRL_FLUSH) return 1;  // writes go straight to the socket
+    if (cmd == BIO_CTRL_FLUSH) return 1;  // gathered writes go before the next read
     // The client's close without close_notify: with SSL_OP_IGNORE_UNEXPECTED_EOF, OpenSSL
     // ends the stream as close_notify would when the BIO says it is at its end.
     if (cmd == BIO_CTRL_EOF) return static_cast<tls_session*>(BIO_get_data(bio))->saw_eof_;
@@ -669,11 +727,13 @@ class tls_session final : public detail::stream_transport {
   std::shared_ptr<const tls_context> context_;  // its SSL_CTX outlives ssl_
   int fd_;
   SSL* ssl_ = nullptr;
-  int flags_ = 0;                // MSG_DONTWAIT, or 0, for the BIO's socket calls
-  std::error_code io_error_;     // the socket's error in the current call, if it failed
+  int flags_ = 0;             // MSG_DONTWAIT, or 0, for the BIO's socket calls
+  std::error_code io_error_;  // the socket's error in the current call, if it failed
   detail::clock::time_point deadline_ = detail::clock::time_point::max();  // the handshake's
-  bool saw_eof_ = false;         // the client closed its side
-  bool broken_ = false;          // a fatal error: no close_notify
+  bool saw_eof_ = false;  // the client closed its side
+  bool gather_ = false;   // in the handshake: writes gather in out_ until a read
+  std::string out_;
+  bool broken_ = false;  // a fatal error: no close_notify
 };
 
 /// The TLS session of a request being served by a TLS server (TLSMixIn), or nullptr (a
@@ -716,9 +776,7 @@ class TLSMixIn : public Base {
     std::atomic_store(&context_, std::make_shared<const tls_context>(std::move(context)));
   }
   /// The settings new connections get.
-  std::shared_ptr<const tls_context> get_tls_context() const {
-    return std::atomic_load(&context_);
-  }
+  std::shared_ptr<const tls_context> get_tls_context() const { return std::atomic_load(&context_); }
 
   /// Handshake, then Base::finish_request() over TLS, then close_notify.
   /// @throws std::logic_error if the server has no context; std::system_error as
