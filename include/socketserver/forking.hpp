@@ -14,6 +14,7 @@
 #include <cstdio>        // std::fflush
 #include <set>           // std::set
 #include <system_error>  // std::system_error
+#include <type_traits>   // std::enable_if_t, std::is_constructible_v, std::is_convertible_v
 #include <utility>       // std::move, std::forward
 #include <vector>        // std::vector
 
@@ -67,14 +68,21 @@ class ForkingMixIn : public Base {
   /// Python's ForkingMixIn.active_children: the pids of the running children.
   std::set<pid_t> active_children;
 
-  /// The server's constructor (see basic_tcp_server; `more` is what follows the address
-  /// there: bind_and_activate, or a mix-in's own arguments, as TLSMixIn's context), with
-  /// `timeout` set to 300 s as Python's ForkingMixIn.timeout, so handle_request() reaps
-  /// children when idle.
+  /// The server's constructor (see basic_tcp_server), with `timeout` set to 300 s as
+  /// Python's ForkingMixIn.timeout, so handle_request() reaps children when idle.
   /// @throws std::system_error as the server's constructor.
-  template <class... More>
-  explicit ForkingMixIn(address addr, More&&... more)
-      : Base(std::move(addr), std::forward<More>(more)...) {
+  explicit ForkingMixIn(address addr, strict_bool bind_and_activate = true)
+      : Base(std::move(addr), bind_and_activate) {
+    this->timeout = std::chrono::seconds(300);
+  }
+  /// The same for a server below that takes more after the address (TLSMixIn's context).
+  /// @throws std::system_error as the server's constructor.
+  template <class First, class... More,
+            std::enable_if_t<std::is_constructible_v<Base, address, First, More...> &&
+                                 !std::is_convertible_v<First, strict_bool>,
+                             int> = 0>
+  ForkingMixIn(address addr, First&& first, More&&... more)
+      : Base(std::move(addr), std::forward<First>(first), std::forward<More>(more)...) {
     this->timeout = std::chrono::seconds(300);
   }
   ForkingMixIn(const ForkingMixIn&) = delete;
