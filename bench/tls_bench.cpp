@@ -3,10 +3,11 @@
 // right after its handshake (openssl s_time's full handshakes); otherwise the client sends a
 // line with a byte count, then that many bytes, and the server answers "ok\n" (bulk).
 //
-//   tls_bench --impl ours|raw|plain [--cert PEM --key PEM] [--port N]
+//   tls_bench --impl ours|raw|plain [--type threading|pool|forking|fiber]
+//             [--cert PEM --key PEM] [--port N]
 //
-// ours:  this library's ThreadingTLSTCPServer (a thread per connection, TLS in the handler's
-//        rfile/wfile);
+// ours:  this library's TLS servers (ThreadingTLSTCPServer unless --type says otherwise: TLS
+//        in the handler's rfile/wfile);
 // raw:   a minimal hand-written OpenSSL server with the same model (accept(), a thread per
 //        connection, SSL_accept(), SSL_read()/SSL_write() on a blocking socket): the peer;
 // plain: this library's ThreadingTCPServer, no TLS (bulk's baseline).
@@ -124,9 +125,11 @@ void raw_connection(SSL_CTX* ctx, int fd) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const bench::Args args(
-      argc, argv, {"impl", "cert", "key", "port"},
-      "usage: tls_bench --impl ours|raw|plain [--cert PEM --key PEM] [--port N]");
+  const bench::Args args(argc, argv, {"impl", "type", "cert", "key", "port"},
+                         "usage: tls_bench --impl ours|raw|plain [--type threading|pool|forking|"
+                         "fiber] [--cert PEM --key PEM] [--port N]");
+  const std::string type =
+      args.choice("type", {"threading", "pool", "forking", "fiber"}, "threading");
   const std::string impl = args.choice("impl", {"ours", "raw", "plain"}, "ours");
   const int port = static_cast<int>(args.integer("port", 0));
   try {
@@ -140,9 +143,22 @@ int main(int argc, char** argv) {
     if (impl == "raw") raw_server(cert, key, port);
     ss::tls_context context;
     context.load_cert_chain(cert, key);
-    ss::ThreadingTLSTCPServer<Sink> server({"127.0.0.1", port}, context);
-    server.daemon_threads = true;
-    serve(server);
+    const ss::address where("127.0.0.1", port);
+    if (type == "pool") {
+      ss::ThreadPoolTLSTCPServer<Sink> server(where, context);
+      serve(server);
+    } else if (type == "forking") {
+      ss::ForkingTLSTCPServer<Sink> server(where, context);
+      server.max_children = 200;  // more than bench/tls's idle clients
+      serve(server);
+    } else if (type == "fiber") {
+      ss::FiberTLSTCPServer<Sink> server(where, context);
+      serve(server);
+    } else {
+      ss::ThreadingTLSTCPServer<Sink> server(where, context);
+      server.daemon_threads = true;
+      serve(server);
+    }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "tls_bench: %s\n", e.what());
     return 1;
