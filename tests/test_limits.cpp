@@ -359,6 +359,15 @@ class SignalStorm {
     }
     return seen >= n;
   }
+  /// Waits until `count` signals have been handled in all (g_signals; at most kWait).
+  bool wait_for_total(int count) {
+    const auto deadline = std::chrono::steady_clock::now() + kWait;
+    while (g_signals.load() < count && std::chrono::steady_clock::now() < deadline) {
+      pollfd p{read_fd_, POLLIN, 0};
+      if (::poll(&p, 1, 100) > 0) drain();
+    }
+    return g_signals.load() >= count;
+  }
   const struct sigaction& saved_action() const { return saved_action_; }
   const itimerval& saved_timer() const { return saved_timer_; }
 
@@ -587,6 +596,54 @@ TEST_CASE("the signal storm restores the previous SIGALRM handler and timer", "[
   CHECK(timer.it_value.tv_usec == 0);
   CHECK(timer.it_interval.tv_sec == 0);
   CHECK(timer.it_interval.tv_usec == 0);
+}
+
+// Library bug (issue 12): the tests' clients connected with a bare connect(2), and a signal
+// failed it with EINTR when the socket had a timeout (SO_SNDTIMEO). Under musl that signal
+// comes unasked: fork() blocks signals for a moment, and a SIGCHLD from an earlier child that
+// arrives then is handed to another thread, interrupting its call (the hygiene test's
+// ForkingTCP run lost a request that way, one run in two). socket::connect() resumes instead.
+// Here the connect() waits for a second (a full accept queue drops its SYN until the
+// retransmission) while signals interrupt it, one at a time, each handled before the next.
+TEST_CASE("connect() interrupted by signals still connects", "[limits][signals]") {
+  SignalStorm storm;  // the no-op handler without SA_RESTART; no timer: sent one by one below
+  ss::socket listener(AF_INET, SOCK_STREAM);
+  const ss::address loopback("127.0.0.1", 0);
+  REQUIRE(::bind(listener.fileno(), loopback.data(), loopback.size()) == 0);
+  REQUIRE(::listen(listener.fileno(), 0) == 0);  // room for one waiting connection
+  const ss::address bound = listener.getsockname();
+  const ss::socket first = test::connect_to(bound);  // fills the accept queue
+  ss::socket second(AF_INET, SOCK_STREAM);
+  second.settimeout(std::chrono::seconds(20));  // a timeout: the kernel does not restart
+  std::atomic<bool> done{false};
+  std::string error;
+  std::thread connecting([&] {
+    try {
+      second.connect(bound);
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+    done = true;
+  });
+  const int signals_before = g_signals.load();
+  int sent = 0;
+  ss::socket accepted;
+  const auto deadline = std::chrono::steady_clock::now() + kWait;
+  while (!done && std::chrono::steady_clock::now() < deadline) {
+    ::pthread_kill(connecting.native_handle(), SIGALRM);
+    ++sent;
+    if (!storm.wait_for_total(signals_before + sent)) break;
+    if (sent == 20) accepted = ss::socket(::accept(listener.fileno(), nullptr, nullptr));
+  }
+  connecting.join();
+  INFO("signals sent while connecting: " << sent);
+  CHECK(error == "");
+  CHECK(sent > 20);
+  CHECK(accepted.is_open());
+  // The second connection is established: the listener hands it out.
+  ss::socket second_accepted(::accept(listener.fileno(), nullptr, nullptr));
+  CHECK(second_accepted.is_open());
+  CHECK(second.getsockname() == second_accepted.getpeername());
 }
 
 // Library bug: accept() on a socket that is not listening fails with EINVAL, which is

@@ -3,7 +3,8 @@
 #pragma once
 
 #include <fcntl.h>       // fcntl, O_NONBLOCK
-#include <sys/socket.h>  // recv, send, sendto, recvfrom, setsockopt, shutdown, MSG_NOSIGNAL
+#include <poll.h>        // pollfd, POLLOUT
+#include <sys/socket.h>  // connect, recv, send, sendto, recvfrom, setsockopt, shutdown
 #include <sys/time.h>    // timeval
 #include <unistd.h>      // close
 
@@ -20,6 +21,7 @@
 #include "detail/blocking.hpp"
 #include "detail/errno.hpp"
 #include "detail/fd.hpp"         // open_socket
+#include "detail/poll.hpp"       // poll_once
 #include "detail/time.hpp"       // optional_seconds
 #include "detail/transport.hpp"  // stream_transport
 
@@ -53,6 +55,31 @@ class socket_view {
   /// Bytes the transport has received and decoded that recv() has not returned yet (0
   /// without a transport): poll() on fileno() does not see them (Python's SSLSocket.pending()).
   std::size_t pending() const noexcept { return transport_ != nullptr ? transport_->pending() : 0; }
+
+  /// Python's connect(): connects the socket to `to`, within the timeout set by settimeout()
+  /// (then std::errc::timed_out); a non-blocking socket fails with EINPROGRESS as connect(2)
+  /// does. A signal does not fail it (Python's PEP 475): the connection the kernel goes on
+  /// making is waited for. Such signals come unasked: under musl, fork() blocks signals for a
+  /// moment, and a SIGCHLD arriving then interrupts a call of another thread (a connect() with
+  /// a timeout fails with EINTR), so a forking server's process sees them.
+  /// @throws std::system_error naming the address if connect() fails.
+  void connect(const address& to) const {
+    std::error_code ec;
+    connect(to, ec);
+    if (ec) detail::throw_error(ec, "connect " + to.to_string());
+  }
+  /// The same without exceptions: on failure `ec` is set.
+  void connect(const address& to, std::error_code& ec) const noexcept {
+    const auto started = detail::clock::now();
+    int err = ::connect(fd_, to.data(), to.size()) == 0 ? 0 : errno;
+    if (err == EINTR) err = resume_connect(to, started);
+    if ((err == EINPROGRESS || err == EAGAIN || err == EWOULDBLOCK) && !is_nonblocking())
+      err = ETIMEDOUT;  // the send timeout passed (Linux says EINPROGRESS, or EAGAIN for Unix)
+    if (err == 0)
+      ec.clear();
+    else
+      ec.assign(err, std::system_category());
+  }
 
   /// Receives up to n bytes into buf; returns 0 at end of stream (Python's recv_into()).
   /// @throws std::system_error if recv() fails (std::errc::timed_out after settimeout()).
@@ -244,6 +271,41 @@ class socket_view {
       err = ETIMEDOUT;
     ec.assign(err, std::system_category());
     return 0;
+  }
+  // connect() was interrupted by a signal. Where the kernel goes on connecting (TCP), calling
+  // connect() again reports EALREADY, or waits for the outcome (Linux, on a blocking socket),
+  // or EISCONN once connected; a Unix socket is left unconnected and simply tries again. Ends
+  // by the send timeout counted from `started`; returns an errno value, 0 once connected.
+  int resume_connect(const address& to, detail::clock::time_point started) const noexcept {
+    timeval tv{};
+    socklen_t len = sizeof tv;
+    if (::getsockopt(fd_, SOL_SOCKET, SO_SNDTIMEO, &tv, &len) < 0) return errno;
+    const auto limit = std::chrono::seconds(tv.tv_sec) + std::chrono::microseconds(tv.tv_usec);
+    const auto deadline =
+        limit.count() == 0 ? detail::clock::time_point::max()
+                           : started + std::chrono::duration_cast<detail::clock::duration>(limit);
+    for (;;) {
+      if (::connect(fd_, to.data(), to.size()) == 0) return 0;
+      const int err = errno;
+      if (err == EISCONN) return 0;
+      if (err == EINTR) {
+        if (detail::clock::now() >= deadline) return ETIMEDOUT;
+        continue;
+      }
+      if (err != EALREADY && err != EINPROGRESS) return err;
+      // Connecting: wait until the socket is writable, then ask how it went.
+      pollfd p{fd_, POLLOUT, 0};
+      for (;;) {
+        const int ready = detail::poll_once(&p, 1, deadline);
+        if (ready > 0) break;
+        if (ready == 0) return ETIMEDOUT;
+        if (errno != EINTR) return errno;
+      }
+      int outcome = 0;
+      len = sizeof outcome;
+      if (::getsockopt(fd_, SOL_SOCKET, SO_ERROR, &outcome, &len) < 0) return errno;
+      return outcome;
+    }
   }
   bool is_nonblocking() const noexcept {
     int flags = ::fcntl(fd_, F_GETFL);
