@@ -135,7 +135,8 @@ void stop(server_process& s) {
 
 // One connect-per-request exchange: the pid that answered, 0 on an error.
 long exchange(int port) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  // Close-on-exec without SOCK_CLOEXEC where the system lacks it (detail/fd.hpp).
+  const int fd = socketserver::detail::open_socket(AF_INET, SOCK_STREAM, 0);
   if (fd < 0) return 0;
   timeval tv{5, 0};
   ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
@@ -145,7 +146,7 @@ long exchange(int port) {
   to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   long pid = 0;
   if (::connect(fd, reinterpret_cast<sockaddr*>(&to), sizeof to) == 0 &&
-      ::send(fd, "who\n", 4, MSG_NOSIGNAL) == 4) {
+      ::send(fd, "who\n", 4, socketserver::detail::msg_nosignal) == 4) {
     char buf[32];
     std::size_t got = 0;
     for (;;) {

@@ -38,6 +38,7 @@
 #include <system_error>
 #include <vector>
 
+#include <socketserver/detail/fd.hpp>
 #include <socketserver/io.hpp>
 
 namespace {
@@ -312,7 +313,9 @@ bool is_timeout(const std::system_error& e) { return e.code() == std::errc::time
 void run_socket(const std::string& stream, Source& in, std::ptrdiff_t bufsize, std::size_t max_line,
                 bool interleaved, std::size_t chunk_max) {
   int fds[2];
-  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0) fail("harness: socketpair");
+  // (close-on-exec where the system has no SOCK_CLOEXEC too: detail/fd.hpp)
+  if (socketserver::detail::open_socketpair(AF_UNIX, SOCK_STREAM, fds) != 0)
+    fail("harness: socketpair");
   struct Closer {
     int* fds;
     ~Closer() {
