@@ -356,8 +356,7 @@ Client connect_client(const ss::address& to, bool small_window = false) {
   }
   c.name = c.sock.getsockname().to_string();
   c.name.reserve(64);
-  if (::connect(c.sock.fileno(), to.data(), to.size()) < 0)
-    throw std::system_error(errno, std::system_category(), "connect " + to.to_string());
+  c.sock.connect(to);  // (resumed after a signal: a forking server's SIGCHLD under musl)
   return c;
 }
 

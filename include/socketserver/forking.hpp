@@ -120,8 +120,7 @@ class ForkingMixIn : public Base {
   /// @throws std::system_error if fork() fails.
   void process_request(request_type& request, const address& client_address) {
     if (active_children.size() >= max_children) collect_children();
-    std::fflush(nullptr);  // or the child would print the parent's buffered output again
-    const pid_t pid = ::fork();
+    const pid_t pid = detail::fork_with_stdio([] { return ::fork(); });
     if (pid < 0) detail::throw_errno("fork");
     if (pid > 0) {
       active_children.insert(pid);

@@ -125,8 +125,7 @@ class PreforkMixIn : public Base {
     std::map<pid_t, worker> running;
     std::vector<respawn> respawn_at;  // replacements waiting out a crash loop
     auto spawn = [&](std::size_t slot) {
-      std::fflush(nullptr);
-      const pid_t pid = this->fork_server_process();
+      const pid_t pid = detail::fork_with_stdio([this] { return this->fork_server_process(); });
       if (pid < 0) detail::throw_errno("fork");
       if (pid == 0) {
         stop_write.close();
