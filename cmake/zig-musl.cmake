@@ -25,3 +25,5 @@ set(CMAKE_CXX_COMPILER ${_wrapper})
 set(CMAKE_EXE_LINKER_FLAGS_INIT -static)
 set(SOCKETSERVER_CATCH2_HEADER /usr/include/catch2/catch.hpp CACHE FILEPATH
     "Catch2 v2's single header, compiled for the target")
+# Debian's OpenSSL is built for glibc: the TLS add-on (and its tests) are left out here.
+set(CMAKE_DISABLE_FIND_PACKAGE_OpenSSL ON)
