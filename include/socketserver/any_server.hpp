@@ -161,7 +161,8 @@ class any_server {
   // (Address-free lock-free atomics: they work in memory shared between processes too.)
   struct counters {
     std::atomic<std::uint64_t> accepted{0}, rejected{0}, completed{0}, errors{0}, disconnects{0},
-        timeouts{0}, get_request_errors{0}, queued{0}, pool_grown{0}, pool_threads{0};
+        timeouts{0}, get_request_errors{0}, queued{0}, pool_grown{0}, pool_threads{0},
+        untrusted_sources{0}, proxy_header_failures{0}, over_connection_limit{0};
   };
   // A prefork worker's counters, in memory its supervisor shares with it (see PreforkMixIn):
   // a cache line of its own, so that workers do not slow each other down.
@@ -190,6 +191,9 @@ class any_server {
     s.queued = c.queued.load(std::memory_order_relaxed);
     s.pool_grown = c.pool_grown.load(std::memory_order_relaxed);
     s.pool_threads = c.pool_threads.load(std::memory_order_relaxed);
+    s.untrusted_sources = c.untrusted_sources.load(std::memory_order_relaxed);
+    s.proxy_header_failures = c.proxy_header_failures.load(std::memory_order_relaxed);
+    s.over_connection_limit = c.over_connection_limit.load(std::memory_order_relaxed);
     // Read last: a request counted completed is then also counted accepted.
     s.completed = c.completed.load(std::memory_order_acquire);
     if (s.completed + s.rejected > s.accepted) s.accepted = s.completed + s.rejected;
@@ -206,6 +210,9 @@ class any_server {
     to.queued += s.queued;
     to.pool_grown += s.pool_grown;
     to.pool_threads += s.pool_threads;
+    to.untrusted_sources += s.untrusted_sources;
+    to.proxy_header_failures += s.proxy_header_failures;
+    to.over_connection_limit += s.over_connection_limit;
   }
   void count(std::atomic<std::uint64_t>& counter) noexcept {
     counter.fetch_add(1, std::memory_order_relaxed);
@@ -226,6 +233,17 @@ class any_server {
         break;
       case detail::request_outcome::completed:
         break;
+      case detail::request_outcome::refused_by_proxy_header:
+        count(counters_->proxy_header_failures);
+        count(counters_->rejected);
+        return;
+      case detail::request_outcome::refused_over_limit:
+        count(counters_->over_connection_limit);
+        count(counters_->rejected);
+        return;
+      case detail::request_outcome::refused:
+        count(counters_->rejected);
+        return;
     }
     counters_->completed.fetch_add(1, std::memory_order_release);
   }

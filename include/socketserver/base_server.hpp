@@ -12,6 +12,7 @@
 #include <chrono>        // std::chrono::duration
 #include <cstdio>        // std::fprintf, stderr
 #include <mutex>         // std::unique_lock, std::mutex
+#include <stdexcept>     // std::logic_error
 #include <string>        // std::string, std::to_string
 #include <system_error>  // std::system_error, std::error_code
 #include <type_traits>   // std::false_type, std::void_t, std::is_same_v
@@ -20,15 +21,18 @@
 #include "address.hpp"
 #include "any_server.hpp"
 #include "detail/accept_errors.hpp"
+#include "detail/connection_counts.hpp"
 #include "detail/errno.hpp"
 #include "detail/exceptions.hpp"
 #include "detail/exclusive_wait.hpp"
 #include "detail/fd.hpp"
 #include "detail/poll.hpp"
+#include "detail/proxy_io.hpp"
 #include "detail/time.hpp"
 #include "detail/wakeup.hpp"
 #include "handlers.hpp"
 #include "io.hpp"  // reader::drain_wait_for_request
+#include "proxy.hpp"
 #include "socket.hpp"
 
 namespace socketserver {
@@ -50,6 +54,15 @@ struct has_nothrow_get_request<
     std::void_t<decltype(std::declval<Server&>().get_request(
         std::declval<Request&>(), std::declval<address&>(), std::declval<std::error_code&>()))>>
     : std::true_type {};
+
+/// True when Server redefines verify_request() (or overloads it): the default needs no
+/// serialising with the other hooks.
+template <class Server, class Base, class = void>
+struct redefines_verify_request : std::true_type {};
+template <class Server, class Base>
+struct redefines_verify_request<Server, Base, std::void_t<decltype(&Server::verify_request)>>
+    : std::bool_constant<
+          !std::is_same_v<decltype(&Server::verify_request), decltype(&Base::verify_request)>> {};
 
 }  // namespace detail
 
@@ -83,6 +96,46 @@ class BaseServer : public any_server {
   /// Python's `BaseServer(server_address, RequestHandlerClass)`: stores the address; makes
   /// no socket (basic_tcp_server does).
   explicit BaseServer(address addr) : server_address(std::move(addr)) {}
+
+  // --- Behind a load balancer, and per-client limits (beyond Python; stream servers). -------
+
+  /// Which PROXY protocol header (HAProxy's v1 or v2) each connection begins with; off (the
+  /// default) reads none. When on, the serve loop closes, unread, a connection from a source
+  /// outside proxy_trusted_sources (counted in stats().untrusted_sources); the others have
+  /// their header read in the request's own context (its thread, child, fiber or pool
+  /// worker; on a synchronous server, the serve loop) before finish_request(), within
+  /// proxy_header_timeout. client_address then becomes the client the header names (a LOCAL
+  /// or UNKNOWN header, a proxy's health check, keeps the connection's own). verify_request()
+  /// runs there too, after the header, with that address, instead of on the serve loop; a
+  /// redefined one is then called one at a time with get_request() and service_actions()
+  /// (it must not wait). A header that is missing, malformed, of another version or late
+  /// cuts the connection: handle_error() receives a proxy_header_error naming the client and
+  /// the reason (the default prints nothing, as for a client that went away), and
+  /// stats().proxy_header_failures counts it. Datagram servers: unsupported (serving throws
+  /// std::logic_error): a datagram load balancer relays each packet with its own header,
+  /// which is not a connection's. Set before serving.
+  proxy_protocol_mode proxy_protocol = proxy_protocol_mode::off;
+  /// How long a connection has to deliver its whole PROXY header (5 s).
+  std::chrono::duration<double> proxy_header_timeout{5.0};
+  /// The sources allowed to send a PROXY header (the load balancers): see source_networks.
+  /// Empty (the default) trusts none, so a server with proxy_protocol on and no list serves
+  /// no one.
+  source_networks proxy_trusted_sources;
+  /// At most this many connections at once from one client IP address (0, the default: no
+  /// limit). Counted when the connection is accepted, or, with proxy_protocol on, for the
+  /// client the header names, once it is read. A connection beyond it is closed before its
+  /// handler runs and counted in stats().over_connection_limit. One hash lookup under one
+  /// of 16 locks per connection. Unix-socket peers are not limited; a prefork worker counts
+  /// its own connections; a ForkingMixIn server counts in the parent (the children's
+  /// headers are read in the children, so with proxy_protocol on it is not enforced there).
+  /// verify_request() remains for rules of your own. Set before serving.
+  std::size_t max_connections_per_ip = 0;
+  /// A connection older than this is ended at its next read at a request boundary:
+  /// StreamRequestHandler's rfile returns end of stream there, as during a drain (a read in
+  /// the middle of a request is never cut). Counted from when its handler starts (after the
+  /// PROXY header). std::nullopt (the default): no limit. No timer, no scan: the read
+  /// compares the time.
+  timeout_type max_connection_age;
 
   /// Python's BaseServer.serve_forever(poll_interval=0.5): handles one request at a time
   /// until shutdown(). Polls for requests (and for shutdown's wake-up, which ends the wait at
@@ -221,6 +274,7 @@ class BaseServer : public any_server {
       }
       if (!policy.keep_going()) break;
       hooks_turn turn(policy);
+      auto hooks = proxied_hooks_lock();
       derived().service_actions();
     }
   }
@@ -306,21 +360,27 @@ class BaseServer : public any_server {
 
   /// Python's BaseServer.process_request(): calls finish_request() then shutdown_request().
   /// Overridden by the mix-ins, which start a thread, a child or a fiber here.
+  /// With proxy_protocol on, the header is read first (see finish_or_handle_error()).
   void process_request(Request& request, const address& client_address) {
+    detail::request_outcome outcome = detail::request_outcome::failed;
     try {
-      derived().finish_request(request, client_address);
+      outcome = finish_or_handle_error(request, client_address);
     } catch (detail::forced_unwind&) {  // the handler ended this thread: see end_unwound()
       end_unwound(request);
       throw;
-    }  // (an exception goes to handle_request_noblock(), which reports it first)
+    }  // (an exception handle_error() throws goes to handle_request_noblock())
     derived().shutdown_request(request);
-    count_completed(false);
+    count_completed(outcome);
   }
 
   /// Python's BaseServer.finish_request(): finishes one request by running the
   /// RequestHandlerClass on it (setup(), handle(), finish()).
+  /// (With max_connection_age set, the handler's rfile ends the connection at its first
+  /// request boundary past it.)
   void finish_request(Request& request, const address& client_address) {
-    detail::run_handler<Handler>(request, client_address, derived());
+    detail::run_handler<Handler>(request, client_address, derived(),
+                                 max_connection_age ? detail::deadline_after(max_connection_age)
+                                                    : detail::clock::time_point::max());
   }
 
   /// Python's BaseServer.shutdown_request(): called to shut down and close an individual
@@ -343,6 +403,12 @@ class BaseServer : public any_server {
   /// stats().timeouts, not in errors. An override is called for every one. May be overridden.
   void handle_error(Request& /*request*/, const address& client_address) {
     if (detail::outcome_of_current_exception() != detail::request_outcome::failed) return;
+    try {
+      throw;
+    } catch (const proxy_header_error&) {  // counted in stats(); quiet as disconnects are
+      return;
+    } catch (...) {
+    }
     const std::string dashes(40, '-');
     std::fprintf(stderr, "%s\nException occurred during processing of request from %s\n%s\n%s\n",
                  dashes.c_str(), client_address.to_string().c_str(),
@@ -366,19 +432,127 @@ class BaseServer : public any_server {
   Derived& derived() noexcept { return static_cast<Derived&>(*this); }
 
   /// finish_request(), with an exception routed to handle_error() (called inside the catch
-  /// block); returns how the request ended, for count_completed(). What a mix-in's worker
-  /// thread does with a request.
+  /// block); returns how the request ended, for count_completed(). What every server does
+  /// with a request in the request's own context (the base's process_request(), a mix-in's
+  /// thread, child, fiber or pool worker). First, with proxy_protocol on, it reads the PROXY
+  /// header, takes the client's connection slot (max_connections_per_ip) and asks
+  /// verify_request() (see admit_proxied()); a request refused there is not finished. The
+  /// client's connection slot is given back when it returns.
   detail::request_outcome finish_or_handle_error(Request& request, const address& client_address) {
+    const address* client = &client_address;
+    address original;                 // with proxy_protocol on: the client the header names
+    slot_holder slot{this, nullptr};  // gives back the client's slot when the request ends
+    if (max_connections_per_ip != 0 && !proxied())
+      slot.client = &client_address;  // taken at accept
     try {
-      derived().finish_request(request, client_address);
+      if (proxied()) {
+        original = client_address;
+        const detail::request_outcome admitted = admit_proxied(request, original);
+        if (admitted != detail::request_outcome::completed) return admitted;
+        if (max_connections_per_ip != 0) slot.client = &original;
+        client = &original;
+      }
+      derived().finish_request(request, *client);
       return detail::request_outcome::completed;
     } catch (detail::forced_unwind&) {
       throw;
     } catch (...) {
       const detail::request_outcome outcome = detail::outcome_of_current_exception();
-      derived().handle_error(request, client_address);
+      derived().handle_error(request, *client);
       return outcome;
     }
+  }
+
+  /// True for a stream server with proxy_protocol on.
+  bool proxied() const noexcept {
+    return detail::is_stream<Request> && proxy_protocol != proxy_protocol_mode::off;
+  }
+
+  /// The hooks lock of a proxied server whose verify_request() is its own (it then runs in
+  /// the requests' contexts): held around get_request() and service_actions() by the serve
+  /// loops, and around verify_request() by admit_proxied(). Owns nothing otherwise.
+  std::unique_lock<std::mutex> proxied_hooks_lock() {
+    if constexpr (detail::redefines_verify_request<Derived, BaseServer>::value) {
+      if (proxied()) return std::unique_lock<std::mutex>(proxied_hooks_mutex_);
+    }
+    return std::unique_lock<std::mutex>();
+  }
+
+  /// Takes a connection slot for `client` (max_connections_per_ip); true when it may connect.
+  /// A client with no IP address (a Unix-socket peer) always may.
+  bool take_slot(const address& client) {
+    detail::client_key key;
+    return !detail::client_key_of(client.data(), key) ||
+           connection_counts_.try_take(key, max_connections_per_ip);
+  }
+  /// Gives back the slot take_slot(client) took.
+  void give_back_slot(const address& client) noexcept {
+    detail::client_key key;
+    if (detail::client_key_of(client.data(), key)) connection_counts_.give_back(key);
+  }
+
+  /// The PROXY protocol step of finish_or_handle_error(), in the request's own context:
+  /// reads the header (`client_address`, the connection's source, becomes the client it
+  /// names), takes the client's connection slot, then asks verify_request(). Returns
+  /// `completed` when the request may go on, else how it was refused: a header failure
+  /// (reported to handle_error() as a proxy_header_error), a client over its limit, or
+  /// verify_request()'s no.
+  detail::request_outcome admit_proxied(Request& request, address& client_address) {
+    if constexpr (detail::is_stream<Request>) {
+      const int version = proxy_protocol == proxy_protocol_mode::v1   ? 1
+                          : proxy_protocol == proxy_protocol_mode::v2 ? 2
+                                                                      : 0;
+      detail::proxy_header header;
+      const char* why = "";
+      const auto status = detail::read_proxy_header(
+          request.fileno(), version, detail::deadline_after(proxy_header_timeout), header, why);
+      if (status != detail::proxy_read_status::complete) {
+        const int err = errno;
+        std::error_code code;
+        std::string reason;
+        switch (status) {
+          case detail::proxy_read_status::malformed:
+            code = std::make_error_code(std::errc::protocol_error);
+            reason = why;
+            break;
+          case detail::proxy_read_status::closed:
+            code = std::make_error_code(std::errc::connection_reset);
+            reason = "the connection ended before its PROXY header did";
+            break;
+          case detail::proxy_read_status::timed_out:
+            code = std::make_error_code(std::errc::timed_out);
+            reason = "no complete PROXY header within proxy_header_timeout (" +
+                     std::to_string(proxy_header_timeout.count()) + " s)";
+            break;
+          default:
+            code = std::error_code(err, std::system_category());
+            reason = "recv";
+            break;
+        }
+        try {
+          throw proxy_header_error(
+              code, "PROXY header from " + client_address.to_string() + ": " + reason);
+        } catch (const proxy_header_error&) {
+          derived().handle_error(request, client_address);
+        }
+        return detail::request_outcome::refused_by_proxy_header;
+      }
+      if (!header.local)
+        client_address = address::from_native(reinterpret_cast<const sockaddr*>(&header.source),
+                                              header.source_length);
+      if (max_connections_per_ip != 0 && !take_slot(client_address))
+        return detail::request_outcome::refused_over_limit;
+      bool verified = false;
+      {
+        auto hooks = proxied_hooks_lock();
+        verified = derived().verify_request(request, client_address);
+      }
+      if (!verified) {
+        if (max_connections_per_ip != 0) give_back_slot(client_address);
+        return detail::request_outcome::refused;
+      }
+    }
+    return detail::request_outcome::completed;
   }
 
   /// The whole of a request on a mix-in's thread (its process_request_thread()):
@@ -494,12 +668,14 @@ class BaseServer : public any_server {
     address client_address;
     if constexpr (detail::has_nothrow_get_request<Derived, Request>::value) {
       std::error_code ec;
+      auto hooks = proxied_hooks_lock();
       if (!derived().get_request(request, client_address, ec)) {
         on_get_request_error(ec);
         return false;
       }
     } else {
       try {
+        auto hooks = proxied_hooks_lock();
         std::pair<Request, address> got = derived().get_request();
         request = std::move(got.first);
         client_address = std::move(got.second);
@@ -510,18 +686,39 @@ class BaseServer : public any_server {
     }
     accept_backoff_.succeeded();
     count(counters_->accepted);
-    if (derived().verify_request(request, client_address)) {
+    if constexpr (!detail::is_stream<Request>) {
+      if (proxy_protocol != proxy_protocol_mode::off || max_connections_per_ip != 0)
+        throw std::logic_error(
+            "proxy_protocol and max_connections_per_ip are for stream servers; this server "
+            "receives datagrams");
+    }
+    const bool proxied_server = proxied();
+    if (proxied_server && !proxy_trusted_sources.contains(client_address)) {
+      count(counters_->untrusted_sources);  // cheap and quiet: no I/O, no report
+      count(counters_->rejected);
+      derived().shutdown_request(request);
+      return true;
+    }
+    if (!proxied_server && max_connections_per_ip != 0 && !take_slot(client_address)) {
+      count_completed(detail::request_outcome::refused_over_limit);
+      derived().shutdown_request(request);
+      return true;
+    }
+    // A proxied request is verified in its own context, once its header has been read.
+    if (proxied_server || derived().verify_request(request, client_address)) {
       try {
         derived().process_request(request, client_address);
       } catch (detail::forced_unwind&) {  // process_request() has ended the request
         throw;
-      } catch (...) {
+      } catch (...) {  // it never reached its context: its slot is given back here
+        if (!proxied_server && max_connections_per_ip != 0) give_back_slot(client_address);
         const detail::request_outcome outcome = detail::outcome_of_current_exception();
         derived().handle_error(request, client_address);
         derived().shutdown_request(request);
         count_completed(outcome);
       }
     } else {
+      if (max_connections_per_ip != 0) give_back_slot(client_address);
       count(counters_->rejected);
       derived().shutdown_request(request);
     }
@@ -543,7 +740,18 @@ class BaseServer : public any_server {
     accept_backoff_.failed(ec);
   }
 
+  // Gives back a client's connection slot when the request ends (client: nullptr for none).
+  struct slot_holder {
+    BaseServer* server;
+    const address* client;
+    ~slot_holder() {
+      if (client != nullptr) server->give_back_slot(*client);
+    }
+  };
+
   detail::accept_backoff accept_backoff_;
+  detail::connection_counts connection_counts_;  // max_connections_per_ip
+  std::mutex proxied_hooks_mutex_;               // proxied_hooks_lock()
 };
 
 }  // namespace socketserver

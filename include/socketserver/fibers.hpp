@@ -112,6 +112,7 @@ class FiberMixIn : public Base {
         detail::poll_for(fds, 2, poll_interval);
         if (this->shutdown_requested() || accept_failed_ || fds[1].revents != 0) break;
         std::lock_guard<std::mutex> hooks(hooks_mutex_);
+        auto proxied_hooks = this->proxied_hooks_lock();
         this->derived().service_actions();
       }
     }
@@ -157,6 +158,8 @@ class FiberMixIn : public Base {
         } catch (...) {
         }
         untrack(raw);
+        if (this->max_connections_per_ip != 0 && !this->proxied())
+          this->give_back_slot(owned->client_address);  // taken at accept
         try {
           this->derived().shutdown_request(owned->request);
         } catch (...) {

@@ -12,6 +12,7 @@
 #include <chrono>        // std::chrono::seconds
 #include <cstddef>       // std::size_t
 #include <cstdio>        // std::fflush
+#include <map>           // std::map
 #include <set>           // std::set
 #include <system_error>  // std::system_error
 #include <type_traits>   // std::enable_if_t, std::is_constructible_v, std::is_convertible_v
@@ -124,6 +125,9 @@ class ForkingMixIn : public Base {
     if (pid < 0) detail::throw_errno("fork");
     if (pid > 0) {
       active_children.insert(pid);
+      // The client's connection slot (max_connections_per_ip) is held until the child is
+      // reaped: the connection lives there.
+      if (this->max_connections_per_ip != 0 && !this->proxied()) slots_[pid] = client_address;
       this->derived().close_request(request);
       return;
     }
@@ -139,8 +143,8 @@ class ForkingMixIn : public Base {
     try {
       if constexpr (detail::is_stream<request_type>)
         this->socket.close();  // the child serves one connection, it accepts none
-      this->derived().finish_request(request, client_address);
-      status = exit_status(detail::request_outcome::completed);
+      // (With proxy_protocol on, the header is read here, in the child.)
+      status = exit_status(this->finish_or_handle_error(request, client_address));
     } catch (detail::forced_unwind&) {
       // The handler ended the child's thread (pthread_exit(), cancellation): the child would
       // exit with status 0, or abort if the unwind were kept. It fails here instead.
@@ -193,6 +197,12 @@ class ForkingMixIn : public Base {
         return 2;
       case detail::request_outcome::timed_out:
         return 3;
+      case detail::request_outcome::refused:
+        return 4;
+      case detail::request_outcome::refused_by_proxy_header:
+        return 5;
+      case detail::request_outcome::refused_over_limit:
+        return 6;
       case detail::request_outcome::failed:
         break;
     }
@@ -207,6 +217,12 @@ class ForkingMixIn : public Base {
         return detail::request_outcome::disconnected;
       case 3:
         return detail::request_outcome::timed_out;
+      case 4:
+        return detail::request_outcome::refused;
+      case 5:
+        return detail::request_outcome::refused_by_proxy_header;
+      case 6:
+        return detail::request_outcome::refused_over_limit;
       default:
         return detail::request_outcome::failed;
     }
@@ -220,14 +236,24 @@ class ForkingMixIn : public Base {
           detail::retry_on_eintr([&] { return ::waitpid(*it, &status, blocking ? 0 : WNOHANG); });
       if (pid == *it) {
         this->count_completed(outcome_of_exit(status));
+        give_back_child_slot(*it);
         it = active_children.erase(it);
       } else if (pid < 0 && errno == ECHILD) {  // reaped by someone else: outcome unknown
         this->count_completed(false);
+        give_back_child_slot(*it);
         it = active_children.erase(it);
       } else {
         ++it;
       }
     }
+  }
+
+  void give_back_child_slot(pid_t pid) noexcept {
+    if (slots_.empty()) return;
+    const auto it = slots_.find(pid);
+    if (it == slots_.end()) return;
+    this->give_back_slot(it->second);
+    slots_.erase(it);
   }
 
   // The child's way out: shutdown_request(), then _exit(status), whatever happens.
@@ -289,13 +315,17 @@ class ForkingMixIn : public Base {
     const pid_t pid = *active_children.begin();
     if (detail::retry_on_eintr([&] { return ::waitpid(pid, &status, 0); }) == pid) {
       this->count_completed(outcome_of_exit(status));
+      give_back_child_slot(pid);
       active_children.erase(pid);
     } else if (errno == ECHILD) {
       this->count_completed(false);
+      give_back_child_slot(pid);
       active_children.erase(pid);
     }
     return false;
   }
+
+  std::map<pid_t, address> slots_;  // a child holding a client's connection slot: its client
 };
 
 }  // namespace socketserver

@@ -40,7 +40,8 @@ struct handler_context {
   const address* client_address;
   void* server;
   const stream_options* stream;
-  clock::time_point queued_at;  // when the request began to wait for a thread ({}: it did not)
+  clock::time_point queued_at;   // when the request began to wait for a thread ({}: it did not)
+  clock::time_point expires_at;  // max_connection_age: rfile ends the connection after this
 };
 
 // Set by a server that queued the request now being handled (ThreadPoolMixIn), around
@@ -79,8 +80,11 @@ stream_options stream_options_of() {
 
 /// Runs one request through a new Handler: setup(), handle(), then finish() even if handle()
 /// threw (but not if setup() did), as in Python's BaseRequestHandler.__init__.
+/// `expires_at`: the connection's age limit, when it has one (StreamRequestHandler's rfile
+/// returns end of stream at its next request boundary after it).
 template <class Handler, class Request, class Server>
-void run_handler(Request& request, const address& client_address, Server& server) {
+void run_handler(Request& request, const address& client_address, Server& server,
+                 clock::time_point expires_at = clock::time_point::max()) {
   static_assert(has_handle<Handler>::value,
                 "a request handler must define `void handle()`: the work of one request");
   static_assert(std::is_default_constructible_v<Handler>,
@@ -102,8 +106,8 @@ void run_handler(Request& request, const address& client_address, Server& server
     options = stream_options_of<Handler>();
     stream = &options;
   }
-  const handler_context context{&request, &client_address, typed_server, stream,
-                                request_queued_at()};
+  const handler_context context{&request, &client_address,     typed_server,
+                                stream,   request_queued_at(), expires_at};
   const handler_context*& current = current_handler_context();
   const handler_context* saved = current;
   current = &context;
@@ -258,6 +262,7 @@ class StreamRequestHandler : public BaseRequestHandler<socket, Server>,
     if (options_.timeout && queued_at_ != detail::clock::time_point{})
       rfile.limit_next_deadline(
           queued_at_ + std::chrono::duration_cast<detail::clock::duration>(*options_.timeout));
+    rfile.end_at_boundary_after(expires_at_);
     wfile = writer(connection, options_.wbufsize, options_.timeout, drain);
   }
 
@@ -276,12 +281,14 @@ class StreamRequestHandler : public BaseRequestHandler<socket, Server>,
   StreamRequestHandler()
       : connection(this->request),
         options_(*detail::require_handler_context().stream),
-        queued_at_(detail::require_handler_context().queued_at) {}
+        queued_at_(detail::require_handler_context().queued_at),
+        expires_at_(detail::require_handler_context().expires_at) {}
 
  private:
   detail::stream_options options_;
   detail::boundary_watch boundary_;  // the drain ends rfile's wait for a next request
   detail::clock::time_point queued_at_;
+  detail::clock::time_point expires_at_;  // the server's max_connection_age
 };
 
 /// A handler for datagram servers (Python's DatagramRequestHandler): rfile reads the

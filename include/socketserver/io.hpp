@@ -90,6 +90,10 @@ class reader {
     first_deadline_ = deadline;
   }
 
+  /// A read that waits for the next request (as a drain would end it) at or after `when`
+  /// returns end of stream instead: the connection's age limit (max_connection_age).
+  void end_at_boundary_after(detail::clock::time_point when) noexcept { expires_at_ = when; }
+
   /// Reads up to `size` bytes, fewer only at end of stream; size < 0 reads to end of stream.
   std::string read(std::ptrdiff_t size = -1) {
     check_open();
@@ -320,6 +324,7 @@ class reader {
   std::size_t receive(char* buf, std::size_t n) {
     if (at_boundary_) {
       at_boundary_ = false;
+      if (expires_at_ != clock::time_point::max() && clock::now() >= expires_at_) return 0;
       if (drain_ != nullptr) {
         // Until a drain starts, wait as any read does: the drain ends the wait through the
         // connection's watch (boundary_watch), so the common case costs no system call more.
@@ -422,6 +427,7 @@ class reader {
   detail::boundary_watch* watch_ = nullptr;  // the connection's, watched by the drain
   bool at_boundary_ = false;                 // this read call waits for a new request
   bool drain_waited_ = false;                // the one wait for a request during a drain is used
+  clock::time_point expires_at_ = clock::time_point::max();  // end_at_boundary_after()
 };
 
 /// Python's wfile: writes to a connected socket, all or nothing (partial sends are resumed),

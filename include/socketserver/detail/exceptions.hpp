@@ -67,8 +67,18 @@ inline std::string describe_current_exception() {
 
 /// How a request ended. A peer that goes away and an idle client that is timed out are
 /// what every busy server sees: they are counted apart from failures, and handle_error()'s
-/// default does not print them.
-enum class request_outcome { completed, failed, disconnected, timed_out };
+/// default does not print them. The refused ones never reached their handler: verify_request()
+/// said no, or (before it) the PROXY protocol header failed or the client was over its
+/// connection limit; they are counted as rejected, not completed.
+enum class request_outcome {
+  completed,
+  failed,
+  disconnected,
+  timed_out,
+  refused,
+  refused_by_proxy_header,
+  refused_over_limit
+};
 
 /// True for the errors Python raises as ConnectionError: the peer went away
 /// (BrokenPipeError: EPIPE, ESHUTDOWN; ConnectionAbortedError: ECONNABORTED;
