@@ -34,7 +34,7 @@ enum class proxy_protocol_mode {
 /// An allow-list of connection sources: IPv4 and IPv6 networks (CIDR) and, as one entry, every
 /// Unix-socket peer. A server that reads PROXY headers takes them only from a source in its
 /// `proxy_trusted_sources` (anyone else could claim any address); an empty list trusts no one.
-/// An IPv4 network also matches the IPv4-mapped IPv6 form (::ffff:192.0.2.1) of its addresses,
+/// An IPv4 network also matches the IPv4-mapped IPv6 form of its addresses,
 /// as a dual-stack IPv6 server sees IPv4 peers.
 /// @code
 /// server.proxy_trusted_sources = {"127.0.0.1", "10.0.0.0/8", "fd00::/8", "unix"};
