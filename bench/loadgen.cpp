@@ -4,7 +4,7 @@
 //   loadgen --workload connrate|pingpong|udp|bulk|idle (--port N | --unix PATH)
 //           [--host 127.0.0.1] [--clients C] [--seconds S] [--warmup W] [--size BYTES]
 //           [--bytes TOTAL] [--line-bytes N] [--timeout-ms MS] [--settle S]
-//           [--active A] [--open-seconds S] [--server-pid PID]
+//           [--active A] [--open-seconds S] [--server-pid PID] [--proxy v1|v2]
 //
 // Workloads (each client is a thread; one request = one line of --size bytes, '\n' last):
 //   connrate  connect, send one line, read the reply up to its newline (or until the server
@@ -28,6 +28,10 @@
 //             a window counts as an error too (active_silent). I is lowered to what the descriptor
 //             limits (loadgen's and the server's, raised to the hard limit) fit, and says so. With
 //             --active 0, only the memory and threads.       unit: msg
+//
+// --proxy v1|v2 (connrate only): each connection's line is preceded, in the same send(), by a
+// PROXY protocol header naming the client 192.0.2.1 (port: the client's number), as a load
+// balancer sends it, for a server started with --proxy.
 //
 // The time-based workloads run for --warmup + --seconds; only what completes inside the
 // measurement window (the last --seconds) counts. With --server-pid, the server's CPU time is
@@ -95,17 +99,39 @@ struct Options {
   int active = 16;           // idle: the pingpong clients measured alongside
   double open_seconds = 60;  // idle: the most time opening the idle connections may take
   pid_t server_pid = 0;
+  std::string proxy_header;  // --proxy: sent before each connection's line (connrate)
+  int proxy_version = 0;
 };
+
+/// The PROXY protocol header (version 1 or 2) a balancer sends for client 192.0.2.1:port.
+std::string proxy_header(int version, int port) {
+  if (version == 1) return "PROXY TCP4 192.0.2.1 127.0.0.1 " + std::to_string(port) + " 443\r\n";
+  std::string h("\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c", 16);
+  const unsigned char block[12] = {192,
+                                   0,
+                                   2,
+                                   1,
+                                   127,
+                                   0,
+                                   0,
+                                   1,
+                                   static_cast<unsigned char>(port >> 8),
+                                   static_cast<unsigned char>(port & 0xFF),
+                                   1,
+                                   187};
+  h.append(reinterpret_cast<const char*>(block), sizeof block);
+  return h;
+}
 
 Options parse(int argc, char** argv) {
   const bench::Args args(
       argc, argv,
       {"workload", "host", "port", "unix", "clients", "seconds", "warmup", "size", "bytes",
-       "line-bytes", "timeout-ms", "settle", "active", "open-seconds", "server-pid"},
+       "line-bytes", "timeout-ms", "settle", "active", "open-seconds", "server-pid", "proxy"},
       "usage: loadgen --workload connrate|pingpong|udp|bulk|idle (--port N | --unix PATH)\n"
       "       [--host 127.0.0.1] [--clients C] [--seconds S] [--warmup W] [--size BYTES]\n"
       "       [--bytes TOTAL] [--line-bytes N] [--timeout-ms MS] [--settle S] [--active A]\n"
-      "       [--open-seconds S] [--server-pid PID]");
+      "       [--open-seconds S] [--server-pid PID] [--proxy v1|v2]");
   Options o;
   o.workload = args.choice("workload", {"connrate", "pingpong", "udp", "bulk", "idle"}, "");
   o.clients = static_cast<int>(args.integer("clients", o.workload == "idle" ? 10000 : 1));
@@ -119,6 +145,10 @@ Options parse(int argc, char** argv) {
   o.active = static_cast<int>(args.integer("active", 16));
   o.open_seconds = args.real("open-seconds", 60);
   o.server_pid = static_cast<pid_t>(args.integer("server-pid", 0));
+  const std::string proxy = args.choice("proxy", {"none", "v1", "v2"}, "none");
+  o.proxy_version = proxy == "v1" ? 1 : proxy == "v2" ? 2 : 0;
+  if (o.proxy_version != 0 && o.workload != "connrate")
+    die("loadgen: --proxy is for the connrate workload");
   if (o.clients < 1 || o.clients > 100000 || o.seconds <= 0 || o.seconds > 3600 || o.warmup < 0 ||
       o.warmup > 600 || o.size < 16 || o.size > 8192 || o.line_bytes < 2 ||
       o.line_bytes > (1u << 20) || o.timeout_ms < 1 || o.settle < 0 || o.settle > 600 ||
@@ -389,12 +419,14 @@ void pause_after_error(const Window& w) {
 void connrate_client(const Options& o, const Window& w, int id, ClientStats& stats) {
   ClientRecorder rec(stats, w);
   const std::string line = make_line(o.size, id);
+  const std::string sent =
+      (o.proxy_version != 0 ? proxy_header(o.proxy_version, 1024 + id) : std::string()) + line;
   std::vector<char> buf;
   while (Clock::now() < w.end) {
     const auto began = Clock::now();
     Fd fd = connect_stream(o);
     const bool ok =
-        fd && send_all(fd.get(), line.data(), line.size()) && read_reply(fd.get(), line, buf);
+        fd && send_all(fd.get(), sent.data(), sent.size()) && read_reply(fd.get(), line, buf);
     fd.reset();
     const auto finished = Clock::now();
     if (ok) {

@@ -2,6 +2,7 @@
 // ours_server: this library's servers speaking the benchmark's line-echo protocol.
 //
 //   ours_server --type TYPE [--mode connrate|pingpong] [--port N | --unix PATH] [--workers N]
+//               [--loops N] [--proxy v1|v2] [--max-per-ip N] [--max-age SECONDS]
 //
 // TYPE is a Python class name: TCPServer, ThreadingTCPServer, ForkingTCPServer, UDPServer,
 // ThreadingUDPServer, ThreadPoolUDPServer, UnixStreamServer, ThreadingUnixStreamServer,
@@ -12,7 +13,11 @@
 // each datagram. The server binds 127.0.0.1 (port 0 by default) or the Unix path, prints the
 // bound port or path on stdout when ready, and serves until SIGTERM or SIGINT. With
 // --workers N (N > 0) it serves with serve_forever_workers(N): N forked worker processes
-// share the listening socket, supervised by this process (prefork).
+// share the listening socket, supervised by this process (prefork). With --proxy, each
+// connection begins with a PROXY protocol header of that version (loadgen --proxy), from
+// loopback or a Unix peer (the trusted sources). --max-per-ip and --max-age set the
+// per-client limits (max_connections_per_ip, max_connection_age; off by default).
+#include <chrono>
 #include <cstddef>
 #include <cstdio>
 #include <exception>
@@ -70,11 +75,20 @@ struct has_loop_threads<Server, std::void_t<decltype(std::declval<Server&>().loo
     : std::true_type {};
 
 std::size_t loop_threads = 0;  // --loops: a fiber server's loop threads (0: one per core)
+ss::proxy_protocol_mode proxy_mode = ss::proxy_protocol_mode::off;  // --proxy
+std::size_t max_per_ip = 0;                                         // --max-per-ip
+ss::timeout_type max_age;                                           // --max-age
 
 template <class Server>
 int serve(const ss::address& where, std::size_t workers) {
   Server server(where);
   if constexpr (has_loop_threads<Server>::value) server.loop_threads = loop_threads;
+  if constexpr (ss::detail::is_stream<typename Server::request_type>) {
+    server.proxy_protocol = proxy_mode;
+    server.proxy_trusted_sources = {"127.0.0.1", "::1", "unix"};
+    server.max_connections_per_ip = max_per_ip;
+    server.max_connection_age = max_age;
+  }
   // Request threads must not keep the process alive after SIGTERM (CPython's usual setting
   // for servers that are stopped from outside; the destructor ends them cleanly).
   if constexpr (has_daemon_threads<Server>::value) server.daemon_threads = true;
@@ -147,13 +161,24 @@ int run(const bench::Args& args) {
 int main(int argc, char** argv) {
   bench::block_stop_signals();  // before any thread exists: only the waiter sees SIGTERM
   bench::raise_fd_limit();      // the idle workload holds 10,000 connections and more
-  const bench::Args args(argc, argv, {"type", "mode", "port", "unix", "workers", "loops"},
-                         "usage: ours_server --type TYPE [--mode connrate|pingpong] "
-                         "[--port N | --unix PATH] [--workers N] [--loops N]");
+  const bench::Args args(
+      argc, argv,
+      {"type", "mode", "port", "unix", "workers", "loops", "proxy", "max-per-ip", "max-age"},
+      "usage: ours_server --type TYPE [--mode connrate|pingpong] "
+      "[--port N | --unix PATH] [--workers N] [--loops N] [--proxy v1|v2] "
+      "[--max-per-ip N] [--max-age SECONDS]");
   try {
     const long long loops = args.integer("loops", 0);
     if (loops < 0 || loops > 1024) bench::die("--loops is 0 (one per core) to 1024");
     loop_threads = static_cast<std::size_t>(loops);
+    const std::string proxy = args.choice("proxy", {"none", "v1", "v2"}, "none");
+    proxy_mode = proxy == "v1"   ? ss::proxy_protocol_mode::v1
+                 : proxy == "v2" ? ss::proxy_protocol_mode::v2
+                                 : ss::proxy_protocol_mode::off;
+    const long long per_ip = args.integer("max-per-ip", 0);
+    if (per_ip < 0) bench::die("--max-per-ip is 0 (no limit) or more");
+    max_per_ip = static_cast<std::size_t>(per_ip);
+    if (args.has("max-age")) max_age = std::chrono::duration<double>(args.real("max-age", 0));
     return run(args);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "ours_server: %s\n", e.what());

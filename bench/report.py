@@ -399,6 +399,9 @@ def targets_section(timed, idle, shutdown):
         rate_target(workload, "ours/ThreadingTCPServer", "raw/threads", 0.9)
         cpu_target(workload, "ours/ThreadingTCPServer", "py/ThreadingTCPServer", 0.3)
     cpu_target("connrate", "ours/TCPServer", "raw/sync", 1.1)
+    # Issue 13: the PROXY protocol costs at most 5% per connection.
+    cpu_target("proxy connrate", "ours/ThreadingTCPServer+proxy-v2", "ours/ThreadingTCPServer", 1.05)
+    cpu_target("proxy connrate", "ours/TCPServer+proxy-v2", "ours/TCPServer", 1.05)
     cpu_target("pingpong", "ours/TCPServer", "raw/sync", 1.1)
     cpu_target("connrate", "ours/TCPServer", "py/TCPServer", 0.5)
     cpu_target("udp", "ours/UDPServer", "raw/udp", 1.1)
