@@ -130,6 +130,29 @@ TEMPLATE_TEST_CASE("PROXY v1 and v2 headers give the handler the client's addres
   CHECK(server.stats().rejected == 0);
 }
 
+TEMPLATE_TEST_CASE("a long PROXY v2 header, sent in pieces, is read exactly", "[proxy]",
+                   STREAM_KINDS) {
+  test::TempDir dir;
+  ProxyServer<TestType> server(dir);
+  test::Serving<ProxyServer<TestType>> serving(server, 50ms);
+  // 400 bytes of TLVs (a NOOP, type 0x04) after the address block: longer than the reader's
+  // first buffer. The header's length field covers them.
+  std::string header = v2("192.0.2.9", 4242);
+  const std::size_t tlv = 400;
+  header += '\x04';
+  header += static_cast<char>((tlv - 3) >> 8);
+  header += static_cast<char>((tlv - 3) & 0xFF);
+  header.append(tlv - 3, '\0');
+  const std::size_t length = header.size() - 16;
+  header[14] = static_cast<char>(length >> 8);
+  header[15] = static_cast<char>(length & 0xFF);
+  const std::string bytes = header + "after the header\n";
+  ss::socket c = test::connect_to(server.server_address);
+  for (std::size_t at = 0; at < bytes.size(); at += 97) c.sendall(bytes.substr(at, 97));
+  c.shutdown(SHUT_WR);
+  CHECK(test::recv_all(c) == "192.0.2.9:4242|after the header\n");
+}
+
 TEMPLATE_TEST_CASE("a PROXY header whose version the server does not accept is cut", "[proxy]",
                    STREAM_KINDS) {
   test::TempDir dir;
