@@ -15,6 +15,14 @@
 #include "catch.hpp"
 #include "support/harness.hpp"
 
+#if defined(__SANITIZE_THREAD__)
+#  define SOCKETSERVER_TEST_TSAN 1
+#elif defined(__has_feature)
+#  if __has_feature(thread_sanitizer)
+#    define SOCKETSERVER_TEST_TSAN 1
+#  endif
+#endif
+
 namespace {
 
 namespace ss = socketserver;
@@ -243,6 +251,13 @@ TEMPLATE_TEST_CASE("a client stalled in its PROXY header does not delay the othe
 
 TEMPLATE_TEST_CASE("prefork workers read PROXY headers", "[proxy][prefork]",
                    SOCKETSERVER_PREFORK_STREAM_KINDS) {
+#if defined(SOCKETSERVER_TEST_TSAN)
+  if constexpr (TestType::concurrency != Concurrency::sync &&
+                TestType::concurrency != Concurrency::forking) {
+    WARN("skipped under ThreadSanitizer");  // it cannot start threads in a forked child
+    return;
+  }
+#endif
   test::TempDir dir;
   ProxyServer<TestType> server(dir);
   std::exception_ptr error;
