@@ -239,7 +239,9 @@ TEMPLATE_TEST_CASE("prefork workers take turns with one client at a time", "[pre
   const std::map<long, int> served = spread(server, 40);
   CHECK(served.count(0) == 0);  // every request was answered
   REQUIRE(served.size() == 2);
-  for (const auto& [pid, n] : served) CHECK(n >= 10);
+  // (Without the rotation one worker took all 40; with it, 20 each on an idle machine, 9 once
+  // with two whole suites running beside it.)
+  for (const auto& [pid, n] : served) CHECK(n >= 8);
   CHECK_FALSE(test::has_children());
 }
 

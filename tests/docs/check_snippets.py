@@ -17,6 +17,9 @@ before the fence (invisible when the Markdown is rendered) says how to compile i
   <!-- snippet: body, after -->  /  <!-- snippet: toplevel, after -->
       As above, in the same namespace as the snippet before it in the same file, so it may
       use what that one declared (a walk-through in several steps).
+  <!-- snippet: program, tls -->
+      A program that uses the TLS add-on (OpenSSL's headers): skipped, and said so, when
+      --without-tls is given (the build found no OpenSSL).
 
 The toplevel and body snippets of one file are compiled together as one translation unit
 (fast: one compile per file), each in a namespace of its own, with #line directives so that
@@ -61,20 +64,22 @@ struct MyUDPHandler : socketserver::BaseRequestHandler<socketserver::datagram> {
 };
 """
 
-MARKER = re.compile(r"^<!--\s*snippet:\s*(program|toplevel|body)\s*(,\s*after\s*)?-->\s*$")
+MARKER = re.compile(
+    r"^<!--\s*snippet:\s*(program|toplevel|body)\s*(,\s*after\s*)?(,\s*tls\s*)?-->\s*$")
 FENCE_OPEN = re.compile(r"^```cpp\s*$")
 
 
 def extract(path):
-    """Yields (kind, after, first_line, code) for each ```cpp block of the file."""
+    """Yields (kind, after, tls, first_line, code) for each ```cpp block of the file."""
     lines = open(path, encoding="utf-8").read().splitlines()
     i = 0
     while i < len(lines):
         if FENCE_OPEN.match(lines[i]):
-            kind, after = "program", False
+            kind, after, tls = "program", False, False
             marker = MARKER.match(lines[i - 1]) if i > 0 else None
             if marker:
                 kind, after = marker.group(1), marker.group(2) is not None
+                tls = marker.group(3) is not None
             elif i > 0 and lines[i - 1].lstrip().startswith("<!-- snippet"):
                 sys.exit(f"{path}:{i}: unknown snippet marker: {lines[i - 1]}")
             start = i + 1
@@ -83,7 +88,7 @@ def extract(path):
                 i += 1
             if i == len(lines):
                 sys.exit(f"{path}:{start}: unterminated ```cpp block")
-            yield kind, after, start + 1, "\n".join(lines[start:i])
+            yield kind, after, tls, start + 1, "\n".join(lines[start:i])
         i += 1
 
 
@@ -101,6 +106,8 @@ def main():
     parser.add_argument("--cxx", default="c++")
     parser.add_argument("--include", required=True)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--without-tls", action="store_true",
+                        help="skip the snippets marked tls (no OpenSSL in this build)")
     parser.add_argument("files", nargs="+")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
@@ -120,7 +127,10 @@ def main():
         combined = [PRELUDE]
         counts = {"program": 0, "toplevel": 0, "body": 0}
         current = None
-        for index, (kind, after, line, code) in enumerate(snippets):
+        for index, (kind, after, tls, line, code) in enumerate(snippets):
+            if tls and args.without_tls:
+                print(f"{md}:{line}: skipped (uses the TLS add-on; this build has no OpenSSL)")
+                continue
             counts[kind] += 1
             if kind == "program":
                 source = os.path.join(args.out, f"{name}_{line}.cpp")
