@@ -682,6 +682,39 @@ TEMPLATE_TEST_CASE(
   test::check_nothing_left(before);
 }
 
+namespace {
+
+// Answers one line with the client's address as the server sees it.
+struct WhoIsIt : ss::StreamRequestHandler<> {
+  void handle() {
+    (void)rfile.readline();
+    wfile.write(client_address.to_string() + "\n");
+  }
+};
+
+}  // namespace
+
+TEMPLATE_TEST_CASE(
+    "behind a load balancer: the PROXY header comes before the handshake, and "
+    "the handler sees the client it names",
+    "[tls][proxy]", ss::ThreadingTLSTCPServer<WhoIsIt>, ss::FiberTLSTCPServer<WhoIsIt>,
+    ss::ForkingTLSTCPServer<WhoIsIt>) {
+  TestType server({"127.0.0.1", 0}, server_context());
+  server.proxy_protocol = ss::proxy_protocol_mode::v1;
+  server.proxy_trusted_sources = {"127.0.0.1/32"};
+  test::Serving<TestType> serving(server);
+  tls_client client(server.server_address);
+  // What HAProxy's send-proxy does in front of a TLS server: the header in clear, then the
+  // client's own bytes (here, its ClientHello).
+  const std::string header = "PROXY TCP4 192.0.2.7 127.0.0.1 40312 443\r\n";
+  REQUIRE(::send(client.socket().fileno(), header.data(), header.size(), MSG_NOSIGNAL) ==
+          static_cast<ssize_t>(header.size()));
+  REQUIRE(client.handshake());
+  client.write("who\n");
+  CHECK(client.read_line() == "192.0.2.7:40312\n");
+  ::shutdown(client.socket().fileno(), SHUT_RDWR);  // (a forked child holds a copy)
+}
+
 TEST_CASE("the core serves with no transport: socket_view carries a transport when set",
           "[tls][transport]") {
   ss::socket_view plain(0);
