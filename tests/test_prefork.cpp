@@ -110,14 +110,6 @@ TEST_CASE("prefork on a Unix socket leaves the socket file to the parent", "[pre
   CHECK_FALSE(test::file_exists(path));
 }
 
-#if defined(__SANITIZE_THREAD__)
-#  define SOCKETSERVER_TEST_TSAN 1
-#elif defined(__has_feature)
-#  if __has_feature(thread_sanitizer)
-#    define SOCKETSERVER_TEST_TSAN 1
-#  endif
-#endif
-
 TEST_CASE("prefork workers with threads inside each", "[prefork][threading]") {
 #if defined(SOCKETSERVER_TEST_TSAN)
   // ThreadSanitizer cannot start threads in a child forked from a threaded process.

@@ -15,14 +15,6 @@
 #include "catch.hpp"
 #include "support/harness.hpp"
 
-#if defined(__SANITIZE_THREAD__)
-#  define SOCKETSERVER_TEST_TSAN 1
-#elif defined(__has_feature)
-#  if __has_feature(thread_sanitizer)
-#    define SOCKETSERVER_TEST_TSAN 1
-#  endif
-#endif
-
 namespace {
 
 namespace ss = socketserver;

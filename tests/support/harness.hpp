@@ -20,6 +20,16 @@
 #include <socketserver.hpp>
 #include <socketserver/detail/fd.hpp>  // open_pipe, set_fd_flags, accept_socket
 
+// Defined under ThreadSanitizer, which cannot start threads in a forked child: the prefork
+// cases whose workers start threads skip there.
+#if defined(__SANITIZE_THREAD__)
+#  define SOCKETSERVER_TEST_TSAN 1
+#elif defined(__has_feature)
+#  if __has_feature(thread_sanitizer)
+#    define SOCKETSERVER_TEST_TSAN 1
+#  endif
+#endif
+
 namespace test {
 
 namespace ss = socketserver;
