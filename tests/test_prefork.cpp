@@ -36,31 +36,7 @@ std::string ask(const socketserver::address& to, const std::string& line) {
 
 long pid_of(const std::string& reply) { return reply.empty() ? 0 : std::stol(reply); }
 
-// Runs serve_forever_workers() in a thread; shutdown() and join when destroyed.
-template <class Server>
-class Workers {
- public:
-  Workers(Server& server, std::size_t n)
-      : server_(server), thread_([this, n] {
-          try {
-            server_.serve_forever_workers(n, std::chrono::milliseconds(50));
-          } catch (...) {
-            error_ = std::current_exception();
-          }
-        }) {}
-  ~Workers() { stop(); }
-  void stop() {
-    if (!thread_.joinable()) return;
-    server_.shutdown();
-    thread_.join();
-  }
-  std::exception_ptr error() const { return error_; }
-
- private:
-  Server& server_;
-  std::exception_ptr error_;
-  std::thread thread_;
-};
+using test::Workers;
 
 }  // namespace
 

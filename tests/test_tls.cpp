@@ -715,6 +715,30 @@ TEMPLATE_TEST_CASE(
   ::shutdown(client.socket().fileno(), SHUT_RDWR);  // (a forked child holds a copy)
 }
 
+TEST_CASE("prefork workers serve TLS on the shared socket", "[tls][prefork]") {
+  // Synchronous workers: no thread in a forked child (ThreadSanitizer cannot start one).
+  ss::TLSTCPServer<LineEcho> server({"127.0.0.1", 0}, server_context());
+  {
+    test::Workers<decltype(server)> workers(server, 2);
+    // Both forked before a client socket exists: a worker forked later would hold a copy of
+    // one, and the connection would not end when the client closes it.
+    REQUIRE(eventually([&] {
+      const auto each = server.worker_stats();
+      return each.size() == 2 && each[0].pid != 0 && each[1].pid != 0;
+    }));
+    for (int i = 0; i < 20; ++i) {
+      tls_client client(server.server_address);
+      REQUIRE(client.handshake());
+      client.write("in a worker\n");
+      CHECK(client.read_line() == "in a worker\n");
+    }
+    workers.stop();
+    CHECK_FALSE(workers.error());
+  }
+  CHECK(server.stats().completed == 20);  // the workers' counts, summed by the supervisor
+  CHECK(server.stats().errors == 0);
+}
+
 TEST_CASE("the core serves with no transport: socket_view carries a transport when set",
           "[tls][transport]") {
   ss::socket_view plain(0);

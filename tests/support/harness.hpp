@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <string>
 #include <thread>
 #include <utility>
@@ -267,6 +268,32 @@ std::string round_trip(const ss::address& server, const std::string& message, co
     return c.recv(65536);
   }
 }
+
+// Runs serve_forever_workers() in a thread; shutdown() and join when destroyed.
+template <class Server>
+class Workers {
+ public:
+  Workers(Server& server, std::size_t n)
+      : server_(server), thread_([this, n] {
+          try {
+            server_.serve_forever_workers(n, std::chrono::milliseconds(50));
+          } catch (...) {
+            error_ = std::current_exception();
+          }
+        }) {}
+  ~Workers() { stop(); }
+  void stop() {
+    if (!thread_.joinable()) return;
+    server_.shutdown();
+    thread_.join();
+  }
+  std::exception_ptr error() const { return error_; }
+
+ private:
+  Server& server_;
+  std::exception_ptr error_;
+  std::thread thread_;
+};
 
 }  // namespace test
 
