@@ -272,6 +272,25 @@ struct LineEcho : ss::StreamRequestHandler<> {
   }
 };
 
+// OpenSSL's locks are not reset in a forked child: a forking server's child forked while the
+// test's client (another thread) held one, and needing it, waits for good (seen: a lock of
+// OpenSSL's method store, which a fetch takes to fill its cache). One whole handshake in this
+// process before any forking server fills those caches, so that the client and the children
+// then only read them. (A server of yours that forks must likewise have no other thread in
+// OpenSSL when it forks: see ForkingMixIn in tls.hpp.)
+void warm_up_openssl() {
+  static const bool warm = [] {
+    ss::ThreadingTLSTCPServer<LineEcho> server({"127.0.0.1", 0}, server_context());
+    test::Serving<decltype(server)> serving(server);
+    tls_client client(server.server_address);
+    REQUIRE(client.handshake());
+    client.write("warm\n");
+    REQUIRE(client.read_line() == "warm\n");
+    return true;
+  }();
+  (void)warm;
+}
+
 // Echoes one line, then ends the connection (close_notify).
 struct OneLine : ss::StreamRequestHandler<> {
   void handle() { wfile.write(rfile.readline()); }
@@ -320,6 +339,7 @@ TEMPLATE_TEST_CASE("a StreamRequestHandler written for plain TCP serves TLS unch
                    ss::TLSTCPServer<LineEcho>, ss::ThreadingTLSTCPServer<LineEcho>,
                    ss::ForkingTLSTCPServer<LineEcho>, ss::ThreadPoolTLSTCPServer<LineEcho>,
                    ss::FiberTLSTCPServer<LineEcho>) {
+  warm_up_openssl();  // before a forking server forks (see warm_up_openssl())
   TestType server({"127.0.0.1", 0}, server_context());
   test::Serving<TestType> serving(server);
   for (int round = 0; round < 3; ++round) {
@@ -595,6 +615,7 @@ TEMPLATE_TEST_CASE("64 clients that connect and send nothing do not stop a real 
                    "[tls][idle]", ss::ThreadingTLSTCPServer<LineEcho>,
                    ss::ForkingTLSTCPServer<LineEcho>, ss::ThreadPoolTLSTCPServer<LineEcho>,
                    ss::FiberTLSTCPServer<LineEcho>) {
+  warm_up_openssl();  // before a forking server forks (see warm_up_openssl())
   TestType server({"127.0.0.1", 0}, server_context());
   if constexpr (std::is_same_v<TestType, ss::ForkingTLSTCPServer<LineEcho>>)
     server.max_children = 100;  // 40 by default: the 41st idle client would wait for one
@@ -641,6 +662,7 @@ TEMPLATE_TEST_CASE(
     "TLS requests",
     "[tls][hygiene]", ss::ThreadingTLSTCPServer<LineEcho>, ss::ThreadPoolTLSTCPServer<LineEcho>,
     ss::FiberTLSTCPServer<LineEcho>, ss::ForkingTLSTCPServer<LineEcho>) {
+  warm_up_openssl();  // before a forking server forks (see warm_up_openssl())
   // Fewer where each request costs far more (a fork each; valgrind; the sanitizers): the
   // point, that nothing grows with the count, does not depend on it.
   constexpr bool forking = std::is_same_v<TestType, ss::ForkingTLSTCPServer<LineEcho>>;
@@ -699,6 +721,7 @@ TEMPLATE_TEST_CASE(
     "the handler sees the client it names",
     "[tls][proxy]", ss::ThreadingTLSTCPServer<WhoIsIt>, ss::FiberTLSTCPServer<WhoIsIt>,
     ss::ForkingTLSTCPServer<WhoIsIt>) {
+  warm_up_openssl();  // before a forking server forks (see warm_up_openssl())
   TestType server({"127.0.0.1", 0}, server_context());
   server.proxy_protocol = ss::proxy_protocol_mode::v1;
   server.proxy_trusted_sources = {"127.0.0.1/32"};

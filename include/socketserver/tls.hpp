@@ -833,7 +833,11 @@ using TLSTCPServer = server_type_t<tls_tcp_server_t, Handler, Derived>;
 /// ThreadingTCPServer over TLS.
 template <class Handler, class Derived = void>
 using ThreadingTLSTCPServer = server_type_t<threading_tls_tcp_server_t, Handler, Derived>;
-/// ForkingTCPServer over TLS.
+/// ForkingTCPServer over TLS. The handshake runs in the forked child. OpenSSL's locks are
+/// not reset in a child: no other thread of the server's process may be inside OpenSSL when
+/// it forks (serve from a process whose other threads do no TLS work), or a child can wait
+/// for good on a lock that thread held. The threading, pool, fiber and prefork TLS servers
+/// do not fork per request.
 template <class Handler, class Derived = void>
 using ForkingTLSTCPServer = server_type_t<forking_tls_tcp_server_t, Handler, Derived>;
 /// ThreadPoolTCPServer over TLS.
@@ -849,7 +853,7 @@ using TLSUnixStreamServer = server_type_t<tls_unix_stream_server_t, Handler, Der
 template <class Handler, class Derived = void>
 using ThreadingTLSUnixStreamServer =
     server_type_t<threading_tls_unix_stream_server_t, Handler, Derived>;
-/// ForkingUnixStreamServer over TLS.
+/// ForkingUnixStreamServer over TLS (see ForkingTLSTCPServer on threads and fork()).
 template <class Handler, class Derived = void>
 using ForkingTLSUnixStreamServer =
     server_type_t<forking_tls_unix_stream_server_t, Handler, Derived>;
