@@ -18,6 +18,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -157,7 +158,12 @@ client_options trusting(const std::string& ca_pem, const std::string& server_nam
 
 class tls_client {
  public:
-  tls_client(const ss::address& to, const client_options& o = {}) : sock_(test::connect_to(to)) {
+  // `connected`, if given, runs once the connection is made, before any OpenSSL call (a
+  // forking server's test waits there for the fork: see CountedForking).
+  tls_client(const ss::address& to, const client_options& o = {},
+             const std::function<void()>& connected = {})
+      : sock_(test::connect_to(to)) {
+    if (connected) connected();
     ctx_ = SSL_CTX_new(TLS_client_method());
     BIO* bio = BIO_new_mem_buf(o.ca_pem.data(), static_cast<int>(o.ca_pem.size()));
     X509* ca = PEM_read_bio_X509(bio, nullptr, nullptr, nullptr);
@@ -333,17 +339,47 @@ struct RecordingServer : ss::ThreadingTLSTCPServer<Handler, RecordingServer<Hand
   }
 };
 
+// A forking TLS server that counts its forks, so that the test's client enters OpenSSL only
+// once the server has forked for its connection: OpenSSL's locks are not reset in a forked
+// child, and one the client's thread held at the fork would never be released there (a child
+// waited for good on one, now and then, in CI). The warm-up above made that rarer, not rare
+// enough: the client must not be in OpenSSL while the server forks.
+template <class Handler>
+struct CountedForking : ss::ForkingTLSTCPServer<Handler, CountedForking<Handler>> {
+  using base = ss::ForkingTLSTCPServer<Handler, CountedForking<Handler>>;
+  using base::base;
+  std::atomic<int> forks{0};
+  void process_request(ss::socket& request, const ss::address& client) {
+    base::process_request(request, client);  // (the child never returns from it)
+    forks.fetch_add(1);
+  }
+};
+
+template <class T>
+struct is_counted_forking : std::false_type {};
+template <class H>
+struct is_counted_forking<CountedForking<H>> : std::true_type {};
+
+// Before a client's handshake: a forking server has forked for `connections` connections.
+template <class Server>
+void await_forks(Server& server, int connections) {
+  if constexpr (is_counted_forking<Server>::value)
+    REQUIRE(eventually([&] { return server.forks.load() >= connections; }));
+  (void)server;
+  (void)connections;
+}
+
 }  // namespace
 
 TEMPLATE_TEST_CASE("a StreamRequestHandler written for plain TCP serves TLS unchanged", "[tls]",
                    ss::TLSTCPServer<LineEcho>, ss::ThreadingTLSTCPServer<LineEcho>,
-                   ss::ForkingTLSTCPServer<LineEcho>, ss::ThreadPoolTLSTCPServer<LineEcho>,
+                   CountedForking<LineEcho>, ss::ThreadPoolTLSTCPServer<LineEcho>,
                    ss::FiberTLSTCPServer<LineEcho>) {
   warm_up_openssl();  // before a forking server forks (see warm_up_openssl())
   TestType server({"127.0.0.1", 0}, server_context());
   test::Serving<TestType> serving(server);
   for (int round = 0; round < 3; ++round) {
-    tls_client client(server.server_address);
+    tls_client client(server.server_address, {}, [&] { await_forks(server, round + 1); });
     REQUIRE(client.handshake());
     CHECK(client.peer_cn() == "localhost");
     client.write("hello\n");
@@ -612,12 +648,11 @@ TEST_CASE("certificates from PEM files; a bad file is named with OpenSSL's reaso
 }
 
 TEMPLATE_TEST_CASE("64 clients that connect and send nothing do not stop a real client",
-                   "[tls][idle]", ss::ThreadingTLSTCPServer<LineEcho>,
-                   ss::ForkingTLSTCPServer<LineEcho>, ss::ThreadPoolTLSTCPServer<LineEcho>,
-                   ss::FiberTLSTCPServer<LineEcho>) {
+                   "[tls][idle]", ss::ThreadingTLSTCPServer<LineEcho>, CountedForking<LineEcho>,
+                   ss::ThreadPoolTLSTCPServer<LineEcho>, ss::FiberTLSTCPServer<LineEcho>) {
   warm_up_openssl();  // before a forking server forks (see warm_up_openssl())
   TestType server({"127.0.0.1", 0}, server_context());
-  if constexpr (std::is_same_v<TestType, ss::ForkingTLSTCPServer<LineEcho>>)
+  if constexpr (is_counted_forking<TestType>::value)
     server.max_children = 100;  // 40 by default: the 41st idle client would wait for one
   test::Serving<TestType> serving(server);
   std::vector<ss::socket> idle;
@@ -629,7 +664,7 @@ TEMPLATE_TEST_CASE("64 clients that connect and send nothing do not stop a real 
     idle.push_back(test::connect_to(server.server_address));
     REQUIRE(eventually([&] { return server.stats().accepted >= i; }));
   }
-  tls_client client(server.server_address);
+  tls_client client(server.server_address, {}, [&] { await_forks(server, 65); });
   REQUIRE(client.handshake());  // within the client's 20 s socket timeout, not the 10 s
   client.write("served\n");     // handshake_timeout of the idle ones' handshakes
   CHECK(client.read_line() == "served\n");
@@ -661,11 +696,11 @@ TEMPLATE_TEST_CASE(
     "descriptors, threads, children and memory back to baseline after 10,000 "
     "TLS requests",
     "[tls][hygiene]", ss::ThreadingTLSTCPServer<LineEcho>, ss::ThreadPoolTLSTCPServer<LineEcho>,
-    ss::FiberTLSTCPServer<LineEcho>, ss::ForkingTLSTCPServer<LineEcho>) {
+    ss::FiberTLSTCPServer<LineEcho>, CountedForking<LineEcho>) {
   warm_up_openssl();  // before a forking server forks (see warm_up_openssl())
   // Fewer where each request costs far more (a fork each; valgrind; the sanitizers): the
   // point, that nothing grows with the count, does not depend on it.
-  constexpr bool forking = std::is_same_v<TestType, ss::ForkingTLSTCPServer<LineEcho>>;
+  constexpr bool forking = is_counted_forking<TestType>::value;
   int requests = forking ? 1000 : 10000;
   if (under_valgrind()) requests = 100;
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
@@ -681,7 +716,7 @@ TEMPLATE_TEST_CASE(
     TestType server({"127.0.0.1", 0}, server_context());
     test::Serving<TestType> serving(server);
     for (int i = 0; i < requests; ++i) {
-      tls_client client(server.server_address);
+      tls_client client(server.server_address, {}, [&] { await_forks(server, i + 1); });
       REQUIRE(client.handshake());
       client.write("x\n");
       REQUIRE(client.read_line() == "x\n");
@@ -720,13 +755,13 @@ TEMPLATE_TEST_CASE(
     "behind a load balancer: the PROXY header comes before the handshake, and "
     "the handler sees the client it names",
     "[tls][proxy]", ss::ThreadingTLSTCPServer<WhoIsIt>, ss::FiberTLSTCPServer<WhoIsIt>,
-    ss::ForkingTLSTCPServer<WhoIsIt>) {
+    CountedForking<WhoIsIt>) {
   warm_up_openssl();  // before a forking server forks (see warm_up_openssl())
   TestType server({"127.0.0.1", 0}, server_context());
   server.proxy_protocol = ss::proxy_protocol_mode::v1;
   server.proxy_trusted_sources = {"127.0.0.1/32"};
   test::Serving<TestType> serving(server);
-  tls_client client(server.server_address);
+  tls_client client(server.server_address, {}, [&] { await_forks(server, 1); });
   // What HAProxy's send-proxy does in front of a TLS server: the header in clear, then the
   // client's own bytes (here, its ClientHello).
   const std::string header = "PROXY TCP4 192.0.2.7 127.0.0.1 40312 443\r\n";
