@@ -8,7 +8,6 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -21,6 +20,7 @@
 #include <socketserver/socket.hpp>
 
 #include "catch.hpp"
+#include "support/harness.hpp"
 
 namespace ss = socketserver;
 using ss::detail::accept_turn;
@@ -165,12 +165,8 @@ TEST_CASE("accept turn: a worker killed holding the turn does not stop the other
   // Waits as long as the test may last: only the supervisor's release can free the turn.
   const auto forever = std::chrono::seconds(60);
   const pid_t first = start_worker(table, 0, socket.fileno(), stop[0], forever);
-  // Until it holds the turn (at most 10 s).
-  for (int i = 0; i < 10000 && table.state().holder.load() != first; ++i) {
-    timespec ms{0, 1000000};
-    ::nanosleep(&ms, nullptr);
-  }
-  REQUIRE(table.state().holder.load() == first);
+  // Until it holds the turn (test::eventually's bound).
+  REQUIRE(test::eventually([&] { return table.state().holder.load() == first; }));
   running.pids.push_back(start_worker(table, 1, socket.fileno(), stop[0], forever));
   running.pids.push_back(start_worker(table, 2, socket.fileno(), stop[0], forever));
   ::close(stop[0]);
